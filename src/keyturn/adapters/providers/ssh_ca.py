@@ -1,0 +1,312 @@
+"""SSH user-certificate provider: short-lived OpenSSH certificates and a key revocation list.
+
+Formats: OpenSSH certificates (PROTOCOL.certkeys in the OpenSSH sources), public key lines
+(RFC 4253 §6.6 key blobs, as in ``authorized_keys``), and KRLs (PROTOCOL.krl), which are written
+and read with ``ssh-keygen -k`` / ``ssh-keygen -Q``.
+
+The certificate carries the grant's end as ``valid_before``, so access ends at ``not_after`` even if
+Keyturn is down. Early ends (release, admin revoke) add the certificate's serial to the KRL, which
+sshd re-reads on every login (``RevokedKeys``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import (
+    SSHCertificate,
+    SSHCertificateBuilder,
+    SSHCertificateType,
+    load_ssh_public_identity,
+)
+
+from keyturn.config import RoleConfig, SshRoleConfig
+from keyturn.domain.errors import ConfigError, ProviderError
+from keyturn.domain.model import AccessRequest, Grant
+from keyturn.domain.ssh_keys import UserPublicKey, parse_user_public_key
+
+_SERIAL_LINE = re.compile(r"^serial:\s*(\d+)(?:-(\d+))?\s*$")
+
+
+def load_or_create_ca(path: Path) -> ed25519.Ed25519PrivateKey:
+    """Load the Ed25519 user CA key, creating it (mode 0600, directory 0700) on first start.
+
+    Raises:
+        ConfigError: the key file is readable or writable by group or others, or is not an
+            unencrypted OpenSSH Ed25519 private key.
+    """
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        public_key_path(path).write_text(ca_public_line(key) + "\n")
+        return key
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(
+            f"ssh_ca.key_path: {path} has mode {mode:04o}; the CA key must not be accessible by "
+            f"group or others (run: chmod 600 {path})",
+            path="ssh_ca.key_path",
+        )
+    try:
+        loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(
+            f"ssh_ca.key_path: {path} is not an unencrypted OpenSSH private key",
+            path="ssh_ca.key_path",
+        ) from exc
+    if not isinstance(loaded, ed25519.Ed25519PrivateKey):
+        raise ConfigError("ssh_ca.key_path: the CA key must be Ed25519", path="ssh_ca.key_path")
+    key = loaded
+    pub = public_key_path(path)
+    if not pub.exists():
+        pub.write_text(ca_public_line(key) + "\n")
+    return key
+
+
+def public_key_path(key_path: Path) -> Path:
+    """Where the CA's public key line is kept (``<key>.pub``)."""
+    return key_path.with_name(key_path.name + ".pub")
+
+
+def ca_public_line(key: ed25519.Ed25519PrivateKey) -> str:
+    """The CA public key as an OpenSSH line, for ``TrustedUserCAKeys``."""
+    blob = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return blob.decode() + " keyturn-user-ca"
+
+
+def render_principals(
+    templates: tuple[str, ...], *, role: str, target: str, user: str
+) -> list[str]:
+    """Render principal templates (made safe at config load: ``check_principal_template``)."""
+    return [t.format(role=role, target=target, user=user) for t in templates]
+
+
+def key_id(grant: Grant) -> str:
+    """The certificate key id: names the grant, request and user (identity correlation)."""
+    return f"keyturn:grant={grant.id}:request={grant.request_id}:user={grant.user_id}"
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    """Everything that goes into one user certificate (times are aware UTC)."""
+
+    serial: int
+    key_id: str
+    principals: list[str]
+    valid_after: datetime
+    valid_before: datetime
+    options: SshRoleConfig
+
+
+def build_certificate(
+    ca_key: ed25519.Ed25519PrivateKey, public_key: UserPublicKey, spec: CertificateSpec
+) -> str:
+    """Sign an OpenSSH user certificate; returns the ``…-cert.pub`` line. Pure: no I/O, no clock."""
+    if not spec.principals:
+        raise ProviderError("refusing to sign a certificate with no principals", retryable=False)
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(public_key)
+        .serial(spec.serial)
+        .type(SSHCertificateType.USER)
+        .key_id(spec.key_id.encode())
+        .valid_principals([p.encode() for p in spec.principals])
+        .valid_after(int(spec.valid_after.timestamp()))
+        .valid_before(int(spec.valid_before.timestamp()))
+    )
+    opts = spec.options
+    for allowed, name in (
+        (opts.allow_pty, b"permit-pty"),
+        (opts.allow_port_forwarding, b"permit-port-forwarding"),
+        (opts.allow_agent_forwarding, b"permit-agent-forwarding"),
+        (opts.allow_x11_forwarding, b"permit-X11-forwarding"),
+        (opts.allow_user_rc, b"permit-user-rc"),
+    ):
+        if allowed:
+            builder = builder.add_extension(name, b"")
+    if opts.force_command:
+        builder = builder.add_critical_option(b"force-command", opts.force_command.encode())
+    if opts.source_address:
+        builder = builder.add_critical_option(
+            b"source-address", ",".join(opts.source_address).encode()
+        )
+    cert = builder.sign(ca_key)
+    return cert.public_bytes().decode() + f" {spec.key_id}"
+
+
+class SshCertificateProvider:
+    """:class:`keyturn.ports.Provider` for OpenSSH user certificates.
+
+    Args:
+        ca_key: the user CA private key.
+        ca_key_path: its path; ``<path>.pub`` is handed to ``ssh-keygen -k``.
+        krl_path: where the KRL is written (created empty at start).
+        roles: role name → role configuration (principal templates, extensions).
+        revoked_serials: returns the serials that must be in the KRL now (from the store).
+    """
+
+    name = "ssh"
+
+    def __init__(
+        self,
+        *,
+        ca_key: ed25519.Ed25519PrivateKey,
+        ca_key_path: Path,
+        krl_path: Path,
+        roles: dict[str, RoleConfig],
+        clock_skew: timedelta,
+        revoked_serials: Callable[[datetime], list[int]],
+    ) -> None:
+        self._ca_key = ca_key
+        self._ca_pub = public_key_path(ca_key_path)
+        self.krl_path = krl_path
+        self._roles = roles
+        self._skew = clock_skew
+        self._revoked_serials = revoked_serials
+        self._krl_lock = threading.Lock()
+        self._krl_serials: list[int] | None = None
+
+    @property
+    def ca_public_line(self) -> str:
+        """The CA line for targets' ``TrustedUserCAKeys``."""
+        return ca_public_line(self._ca_key)
+
+    def grant(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
+        """Sign the requester's key for the grant's window (idempotent: same serial and window)."""
+        if grant.serial is None or not request.ssh_public_key:
+            raise ProviderError(
+                "an SSH grant needs a serial and the requester's public key", retryable=False
+            )
+        role = self._roles[grant.role]
+        spec = CertificateSpec(
+            serial=grant.serial,
+            key_id=key_id(grant),
+            principals=render_principals(
+                role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
+            ),
+            valid_after=grant.not_before - self._skew,
+            valid_before=grant.not_after,
+            options=role.ssh,
+        )
+        cert = build_certificate(self._ca_key, parse_user_public_key(request.ssh_public_key), spec)
+        return {"ssh_certificate": cert}
+
+    def verify_granted(self, grant: Grant) -> bool:
+        """The stored certificate is signed by this CA, for this grant, until ``not_after``."""
+        text = grant.credentials.get("ssh_certificate")
+        if not text:
+            return False
+        cert = load_ssh_public_identity(text.encode())
+        if not isinstance(cert, SSHCertificate):
+            return False
+        try:
+            cert.verify_cert_signature()
+        except InvalidSignature:
+            return False
+        ca_pub = self._ca_key.public_key().public_bytes_raw()
+        signer = cert.signature_key()
+        return (
+            isinstance(signer, ed25519.Ed25519PublicKey)
+            and signer.public_bytes_raw() == ca_pub
+            and cert.serial == grant.serial
+            and cert.key_id == key_id(grant).encode()
+            and cert.valid_before == int(grant.not_after.timestamp())
+        )
+
+    def revoke(self, grant: Grant, now: datetime) -> None:
+        """An early end puts the serial in the KRL; a closed window needs nothing (expiry is in
+        the certificate)."""
+        if grant.serial is not None and grant.ends_early(now):
+            self.write_krl(now)
+
+    def verify_revoked(self, grant: Grant, now: datetime) -> bool:
+        """Gone if the window closed, or if the serial reads back from the KRL file."""
+        if not grant.ends_early(now) and now >= grant.not_after:
+            return True
+        serial = grant.serial
+        return serial is not None and any(lo <= serial <= hi for lo, hi in self.read_krl_ranges())
+
+    def ensure_krl(self, now: datetime) -> None:
+        """Write the KRL if it is missing or out of date (sshd refuses logins with no KRL file)."""
+        if not self.krl_path.exists() or self._krl_serials != self._revoked_serials(now):
+            self.write_krl(now)
+
+    def write_krl(self, now: datetime) -> None:
+        """Rebuild the KRL from the store's list of early-ended serials (atomic replace).
+
+        Raises:
+            ProviderError: ``ssh-keygen`` failed (retryable).
+        """
+        serials = self._revoked_serials(now)
+        with self._krl_lock:
+            self.krl_path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.krl_path.parent) as tmp:
+                spec = Path(tmp) / "spec"
+                spec.write_text("".join(f"serial: {s}\n" for s in serials))
+                out = Path(tmp) / "krl"
+                result = subprocess.run(
+                    ["ssh-keygen", "-q", "-k", "-f", str(out), "-s", str(self._ca_pub), str(spec)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=30,
+                )
+                if result.returncode != 0:
+                    raise ProviderError(
+                        f"ssh-keygen could not write the KRL: {result.stderr.strip()[:200]}",
+                        retryable=True,
+                    )
+                os.chmod(out, 0o644)
+                os.replace(out, self.krl_path)
+            self._krl_serials = serials
+
+    def read_krl_ranges(self) -> list[tuple[int, int]]:
+        """Serial ranges (inclusive) listed in the KRL file, read back with ``ssh-keygen -Q -l``.
+
+        Raises:
+            ProviderError: the file cannot be read or parsed (retryable).
+        """
+        result = subprocess.run(
+            ["ssh-keygen", "-Q", "-l", "-f", str(self.krl_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise ProviderError(
+                f"cannot read the KRL: {result.stderr.strip()[:200]}", retryable=True
+            )
+        ranges = []
+        for line in result.stdout.splitlines():
+            match = _SERIAL_LINE.match(line.strip())
+            if match:
+                low = int(match.group(1))
+                ranges.append((low, int(match.group(2) or low)))
+        return ranges
+
+    def krl_bytes(self, now: datetime) -> bytes:
+        """The current KRL (rebuilt first if the store's list changed)."""
+        self.ensure_krl(now)
+        return self.krl_path.read_bytes()

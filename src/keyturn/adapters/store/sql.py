@@ -1,0 +1,406 @@
+"""The SQL store: SQLite (WAL, the embedded default) and PostgreSQL, via SQLAlchemy 2 Core.
+
+SQLite transactions start with ``BEGIN IMMEDIATE`` so two writers never deadlock on a lock
+upgrade; PostgreSQL instances coordinate with row locks (``FOR UPDATE SKIP LOCKED`` for due
+grants, ``FOR UPDATE`` on the single audit head row so the chain stays one chain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Connection, Engine
+
+from keyturn.adapters.store import tables as t
+from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain, format_time
+from keyturn.domain.errors import Conflict, NotFound
+from keyturn.domain.model import (
+    AccessRequest,
+    EndReason,
+    Grant,
+    GrantStatus,
+    RequestStatus,
+    Review,
+    Verdict,
+    decision_from_data,
+    decision_to_data,
+)
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url`` with Keyturn's connection settings (WAL, busy timeout, IMMEDIATE)."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class SqlStore:
+    """:class:`keyturn.ports.Store` on a SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTx]:
+        """One transaction; commits on normal exit, rolls back on exception."""
+        with self.engine.begin() as conn:
+            yield SqlTx(conn)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+
+def _request_row(r: AccessRequest) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "requester_id": r.requester_id,
+        "role": r.role,
+        "target": r.target,
+        "duration_s": int(r.duration.total_seconds()),
+        "justification": r.justification,
+        "ticket": r.ticket,
+        "ssh_public_key": r.ssh_public_key,
+        "status": str(r.status),
+        "decision": decision_to_data(r.decision),
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
+
+
+def _request(row: sa.Row[Any]) -> AccessRequest:
+    m = row._mapping
+    return AccessRequest(
+        id=m["id"],
+        requester_id=m["requester_id"],
+        role=m["role"],
+        target=m["target"],
+        duration=timedelta(seconds=m["duration_s"]),
+        justification=m["justification"],
+        ticket=m["ticket"],
+        ssh_public_key=m["ssh_public_key"],
+        status=RequestStatus(m["status"]),
+        decision=decision_from_data(m["decision"]),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _grant_row(g: Grant) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "request_id": g.request_id,
+        "user_id": g.user_id,
+        "role": g.role,
+        "target": g.target,
+        "provider": g.provider,
+        "status": str(g.status),
+        "not_before": g.not_before,
+        "not_after": g.not_after,
+        "serial": g.serial,
+        "credentials": dict(g.credentials),
+        "end_reason": str(g.end_reason) if g.end_reason else None,
+        "ended_by": g.ended_by,
+        "ended_at": g.ended_at,
+        "attempts": g.attempts,
+        "last_error": g.last_error,
+        "created_at": g.created_at,
+        "updated_at": g.updated_at,
+    }
+
+
+def _grant(row: sa.Row[Any]) -> Grant:
+    m = dict(row._mapping)
+    m["status"] = GrantStatus(m["status"])
+    m["end_reason"] = EndReason(m["end_reason"]) if m["end_reason"] else None
+    return Grant(**m)
+
+
+def _event(row: sa.Row[Any]) -> AuditEvent:
+    m = row._mapping
+    return AuditEvent(
+        seq=m["seq"],
+        at=datetime.strptime(m["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
+        actor=m["actor"],
+        action=m["action"],
+        subject=m["subject"],
+        details=m["details"],
+        prev_hash=m["prev_hash"],
+        hash=m["hash"],
+    )
+
+
+class SqlTx:
+    """:class:`keyturn.ports.StoreTx` on one connection inside a transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    # access requests -------------------------------------------------------------------------
+    def add_request(self, request: AccessRequest) -> None:
+        """Insert a new access request."""
+        self._c.execute(t.access_requests.insert().values(**_request_row(request)))
+
+    def get_request(self, request_id: str, *, lock: bool = False) -> AccessRequest:
+        """The request; raises NotFound."""
+        q = sa.select(t.access_requests).where(t.access_requests.c.id == request_id)
+        row = self._c.execute(q.with_for_update() if lock else q).first()
+        if row is None:
+            raise NotFound(f"no access request {request_id!r}", request_id=request_id)
+        return _request(row)
+
+    def save_request(self, request: AccessRequest) -> None:
+        """Update status and time of an existing request."""
+        self._c.execute(
+            t.access_requests.update()
+            .where(t.access_requests.c.id == request.id)
+            .values(status=str(request.status), updated_at=request.updated_at)
+        )
+
+    def list_requests(
+        self,
+        *,
+        status: RequestStatus | None = None,
+        requester_id: str | None = None,
+        limit: int = 100,
+    ) -> list[AccessRequest]:
+        """Newest first."""
+        q = sa.select(t.access_requests)
+        if status is not None:
+            q = q.where(t.access_requests.c.status == str(status))
+        if requester_id is not None:
+            q = q.where(t.access_requests.c.requester_id == requester_id)
+        q = q.order_by(t.access_requests.c.created_at.desc()).limit(limit)
+        return [_request(r) for r in self._c.execute(q)]
+
+    # reviews ---------------------------------------------------------------------------------
+    def add_review(self, review: Review) -> None:
+        """Insert a review; a second review by the same reviewer is a Conflict."""
+        exists = self._c.execute(
+            sa.select(t.reviews.c.id).where(
+                t.reviews.c.request_id == review.request_id,
+                t.reviews.c.reviewer_id == review.reviewer_id,
+            )
+        ).first()
+        if exists is not None:
+            raise Conflict(
+                f"{review.reviewer_id} has already reviewed request {review.request_id}",
+                request_id=review.request_id,
+            )
+        self._c.execute(
+            t.reviews.insert().values(
+                id=review.id,
+                request_id=review.request_id,
+                reviewer_id=review.reviewer_id,
+                verdict=str(review.verdict),
+                comment=review.comment,
+                created_at=review.created_at,
+            )
+        )
+
+    def reviews(self, request_id: str) -> list[Review]:
+        """Oldest first."""
+        q = (
+            sa.select(t.reviews)
+            .where(t.reviews.c.request_id == request_id)
+            .order_by(t.reviews.c.created_at, t.reviews.c.id)
+        )
+        return [
+            Review(
+                id=m["id"],
+                request_id=m["request_id"],
+                reviewer_id=m["reviewer_id"],
+                verdict=Verdict(m["verdict"]),
+                comment=m["comment"],
+                created_at=m["created_at"],
+            )
+            for m in (r._mapping for r in self._c.execute(q))
+        ]
+
+    # grants ----------------------------------------------------------------------------------
+    def add_grant(self, grant: Grant) -> None:
+        """Insert a new grant."""
+        self._c.execute(t.grants.insert().values(**_grant_row(grant)))
+
+    def get_grant(self, grant_id: str, *, lock: bool = False) -> Grant:
+        """The grant; raises NotFound."""
+        q = sa.select(t.grants).where(t.grants.c.id == grant_id)
+        row = self._c.execute(q.with_for_update() if lock else q).first()
+        if row is None:
+            raise NotFound(f"no grant {grant_id!r}", grant_id=grant_id)
+        return _grant(row)
+
+    def save_grant(self, grant: Grant) -> None:
+        """Update an existing grant."""
+        row = _grant_row(grant)
+        del row["id"]
+        self._c.execute(t.grants.update().where(t.grants.c.id == grant.id).values(**row))
+
+    def grant_for_request(self, request_id: str) -> Grant | None:
+        """The grant made from this request, if any."""
+        row = self._c.execute(
+            sa.select(t.grants).where(t.grants.c.request_id == request_id)
+        ).first()
+        return _grant(row) if row is not None else None
+
+    def list_grants(
+        self,
+        *,
+        status: GrantStatus | None = None,
+        user_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Grant]:
+        """Newest first."""
+        q = sa.select(t.grants)
+        if status is not None:
+            q = q.where(t.grants.c.status == str(status))
+        if user_id is not None:
+            q = q.where(t.grants.c.user_id == user_id)
+        q = q.order_by(t.grants.c.created_at.desc(), t.grants.c.id).limit(limit)
+        return [_grant(r) for r in self._c.execute(q)]
+
+    def claim_due_grants(self, now: datetime, limit: int) -> list[Grant]:
+        """Active grants past ``not_after``, locked (SKIP LOCKED) for this transaction."""
+        q = (
+            sa.select(t.grants)
+            .where(
+                t.grants.c.status == str(GrantStatus.ACTIVE),
+                t.grants.c.not_after <= now,
+            )
+            .order_by(t.grants.c.not_after)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_grant(r) for r in self._c.execute(q)]
+
+    def claim_grants_in(self, states: Sequence[GrantStatus], limit: int) -> list[Grant]:
+        """Grants in ``states``, oldest update first, locked (SKIP LOCKED)."""
+        q = (
+            sa.select(t.grants)
+            .where(t.grants.c.status.in_([str(s) for s in states]))
+            .order_by(t.grants.c.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_grant(r) for r in self._c.execute(q)]
+
+    def next_due_at(self) -> datetime | None:
+        """Earliest ``not_after`` of an active grant."""
+        value: datetime | None = self._c.execute(
+            sa.select(t.grants.c.not_after)
+            .where(t.grants.c.status == str(GrantStatus.ACTIVE))
+            .order_by(t.grants.c.not_after)
+            .limit(1)
+        ).scalar()
+        return value
+
+    def early_revoked_serials(self, now: datetime) -> list[int]:
+        """Serials of grants ended early (released/revoked) whose window is still open."""
+        q = (
+            sa.select(t.grants.c.serial)
+            .where(
+                t.grants.c.serial.is_not(None),
+                t.grants.c.status.in_(
+                    [
+                        str(GrantStatus.REVOKING),
+                        str(GrantStatus.REVOKE_FAILED),
+                        str(GrantStatus.REVOKED),
+                    ]
+                ),
+                t.grants.c.end_reason.in_([str(EndReason.RELEASED), str(EndReason.REVOKED)]),
+                t.grants.c.not_after > now,
+            )
+            .order_by(t.grants.c.serial)
+        )
+        return [int(s) for s in self._c.execute(q).scalars()]
+
+    # audit -----------------------------------------------------------------------------------
+    def append_audit(self, draft: AuditDraft) -> AuditEvent:
+        """Append after the head, which is locked until commit (one chain across instances)."""
+        head = self._c.execute(
+            sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
+            .where(t.audit_head.c.id == 1)
+            .with_for_update()
+        ).first()
+        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
+        event = chain(seq, draft, prev)
+        self._c.execute(
+            t.audit_events.insert().values(
+                seq=event.seq,
+                at=format_time(event.at),
+                actor=event.actor,
+                action=event.action,
+                subject=event.subject,
+                details=event.details,
+                prev_hash=event.prev_hash,
+                hash=event.hash,
+            )
+        )
+        if head is None:
+            self._c.execute(t.audit_head.insert().values(id=1, seq=seq, hash=event.hash))
+        else:
+            self._c.execute(
+                t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=event.hash)
+            )
+        return event
+
+    def audit_events(self, *, after_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        """Events with ``seq > after_seq`` in sequence order."""
+        q = (
+            sa.select(t.audit_events)
+            .where(t.audit_events.c.seq > after_seq)
+            .order_by(t.audit_events.c.seq)
+        )
+        if limit is not None:
+            q = q.limit(limit)
+        return [_event(r) for r in self._c.execute(q)]
+
+    def iter_audit(self, batch: int = 5000) -> Iterator[AuditEvent]:
+        """Every event in sequence order, ``batch`` rows at a time."""
+        after = 0
+        while True:
+            page = self.audit_events(after_seq=after, limit=batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].seq
+
+    def audit_head(self) -> tuple[int, str] | None:
+        """The head row's ``(seq, hash)``."""
+        row = self._c.execute(
+            sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        ).first()
+        return (int(row.seq), str(row.hash)) if row is not None else None

@@ -1,0 +1,114 @@
+"""SQLAlchemy tables of the store (the schema Alembic migrations create)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Stores aware datetimes as naive UTC; returns aware UTC datetimes."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # pragma: no cover - drivers return datetimes
+            value = datetime.fromisoformat(value)
+        result: datetime = value.replace(tzinfo=UTC)
+        return result
+
+
+access_requests = sa.Table(
+    "access_requests",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("requester_id", sa.String(64), nullable=False, index=True),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("duration_s", sa.Integer, nullable=False),
+    sa.Column("justification", sa.Text, nullable=False),
+    sa.Column("ticket", sa.String(200)),
+    sa.Column("ssh_public_key", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("decision", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("request_id", sa.String(40), sa.ForeignKey("access_requests.id"), nullable=False),
+    sa.Column("reviewer_id", sa.String(64), nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("request_id", "reviewer_id", name="uq_reviews_request_reviewer"),
+)
+
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column(
+        "request_id",
+        sa.String(40),
+        sa.ForeignKey("access_requests.id"),
+        nullable=False,
+        unique=True,
+    ),
+    sa.Column("user_id", sa.String(64), nullable=False, index=True),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("not_before", UTCDateTime, nullable=False),
+    sa.Column("not_after", UTCDateTime, nullable=False),
+    sa.Column("serial", sa.BigInteger, unique=True),
+    sa.Column("credentials", sa.JSON, nullable=False),
+    sa.Column("end_reason", sa.String(16)),
+    sa.Column("ended_by", sa.String(64)),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_grants_status_not_after", "status", "not_after"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("subject", sa.JSON, nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)

@@ -1,0 +1,427 @@
+"""The configuration file: YAML → pydantic models, with errors that name the key path.
+
+One YAML file (``--config PATH`` or ``KEYTURN_CONFIG``) declares users, targets, roles,
+eligibility, policy rules, the store and the SSH CA. Unknown keys are errors. Every error raised by
+:func:`load_config` is a :class:`~keyturn.domain.errors.ConfigError` whose ``details['path']`` is
+key path (``roles[1].max_duration``) and whose message says what was expected.
+
+``keyturn config schema`` prints :func:`json_schema`; ``keyturn config check FILE`` runs
+:func:`load_config` and the policy compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import string
+import zoneinfo
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+
+from keyturn.domain.durations import parse_iso_duration, to_iso_duration
+from keyturn.domain.errors import ConfigError, InvalidInput
+from keyturn.domain.model import Outcome
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""Ids, names of roles, targets and groups: letters, digits, ``.``, ``_``, ``-``; ≤ 63 chars.
+
+Restricting names is what makes them safe inside SSH principals, LDAP values, SQL identifiers
+and log lines without further escaping at every use."""
+
+PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]{0,127}$")
+PRINCIPAL_FIELDS = frozenset({"role", "target", "user"})
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _iso_duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 duration string such as 'PT30M'")
+    try:
+        return parse_iso_duration(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from exc
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_iso_duration),
+    PlainSerializer(to_iso_duration, return_type=str),
+    WithJsonSchema({"type": "string", "format": "duration", "examples": ["PT30M", "PT4H"]}),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UserConfig(_Strict):
+    """A principal. ``id`` is immutable and is what every record names; never the display name."""
+
+    id: Name
+    name: str = Field(min_length=1, max_length=200)
+    email: str | None = None
+    groups: tuple[Name, ...] = ()
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="SHA-256 (hex) of the user's API token; never the token"
+    )
+
+
+class TargetConfig(_Strict):
+    """A system roles apply to, and how to reach it."""
+
+    name: Name
+    labels: dict[Name, Annotated[str, Field(max_length=200)]] = {}
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=22, ge=1, le=65535)
+    login: Name = Field(default="root", description="the OS account the certificate logs in as")
+
+
+class SshRoleConfig(_Strict):
+    """How a role's OpenSSH user certificate is built (PROTOCOL.certkeys)."""
+
+    principals: tuple[str, ...] = Field(
+        default=("{role}@{target}",),
+        min_length=1,
+        description="principal templates; fields {role}, {target}, {user}",
+    )
+    allow_pty: bool = True
+    allow_port_forwarding: bool = False
+    allow_agent_forwarding: bool = False
+    allow_x11_forwarding: bool = False
+    allow_user_rc: bool = False
+    force_command: str | None = Field(default=None, min_length=1, max_length=1000)
+    source_address: tuple[str, ...] = ()
+
+    @field_validator("source_address")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not an address or CIDR block") from exc
+        return value
+
+    @field_validator("force_command")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 for c in value):
+            raise ValueError("force_command must be one line without control characters")
+        return value
+
+
+class RoleConfig(_Strict):
+    """A named privilege with a tier, durations and a provider binding."""
+
+    name: Name
+    description: str = ""
+    tier: Name = "standard"
+    default_duration: Duration = timedelta(minutes=30)
+    max_duration: Duration = timedelta(hours=4)
+    provider: Literal["ssh"] = "ssh"
+    ssh: SshRoleConfig = SshRoleConfig()
+
+
+class TargetSelector(_Strict):
+    """Targets by name and/or by labels (every listed label must match)."""
+
+    names: tuple[Name, ...] = ()
+    labels: dict[Name, str] = {}
+
+    def matches(self, target: TargetConfig) -> bool:
+        """True if the target is named, or carries every selector label."""
+        if target.name in self.names:
+            return True
+        return bool(self.labels) and all(target.labels.get(k) == v for k, v in self.labels.items())
+
+
+class EligibilityConfig(_Strict):
+    """Who may request which roles on which targets (Entra "eligible assignment")."""
+
+    users: tuple[Name, ...] = ()
+    groups: tuple[Name, ...] = ()
+    roles: tuple[Name, ...] = Field(min_length=1)
+    targets: TargetSelector
+
+
+class ApproversConfig(_Strict):
+    """Who may review: user ids and/or groups."""
+
+    users: tuple[Name, ...] = ()
+    groups: tuple[Name, ...] = ()
+
+
+class RuleConfig(_Strict):
+    """One policy rule. The first rule whose ``when`` is true decides."""
+
+    name: Name
+    when: str = Field(default="true", min_length=1, max_length=4000, description="CEL")
+    effect: Outcome
+    approvals: int = Field(default=1, ge=1, le=10)
+    approvers: ApproversConfig | None = None
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class PolicyConfig(_Strict):
+    """Ordered rules and the time zone for ``now.hour``/``now.weekday`` facts."""
+
+    timezone: str = "UTC"
+    rules: tuple[RuleConfig, ...] = ()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+class AdminsConfig(_Strict):
+    """Who may revoke any grant and see every request."""
+
+    users: tuple[Name, ...] = ()
+    groups: tuple[Name, ...] = ()
+
+
+class StoreConfig(_Strict):
+    """SQLAlchemy URL: ``sqlite:///keyturn.db`` (default) or ``postgresql+psycopg://…``."""
+
+    url: str = "sqlite:///keyturn.db"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ValueError("expected a 'sqlite:///PATH' or 'postgresql+psycopg://…' URL")
+        return value
+
+
+class SshCaConfig(_Strict):
+    """The Ed25519 user CA and its key revocation list (KRL)."""
+
+    key_path: Path = Path("keyturn-ca/user_ca")
+    krl_path: Path | None = Field(
+        default=None, description="where the KRL file is written; default: next to the key"
+    )
+    clock_skew: Duration = Field(
+        default=timedelta(seconds=30), description="valid_after is backdated by this much"
+    )
+
+
+class ServerConfig(_Strict):
+    """Where ``keyturn serve`` listens, and the expiry worker's longest sleep."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    worker_max_sleep: Duration = timedelta(seconds=5)
+    justification_max_length: int = Field(default=1000, ge=10, le=10000)
+
+
+class KeyturnConfig(_Strict):
+    """The whole configuration file (version 1)."""
+
+    version: Literal[1] = 1
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    ssh_ca: SshCaConfig = SshCaConfig()
+    admins: AdminsConfig = AdminsConfig()
+    users: tuple[UserConfig, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()
+    roles: tuple[RoleConfig, ...] = ()
+    eligibility: tuple[EligibilityConfig, ...] = ()
+    policy: PolicyConfig = PolicyConfig()
+
+    def user(self, user_id: str) -> UserConfig | None:
+        """The user with this exact id, or None."""
+        return next((u for u in self.users if u.id == user_id), None)
+
+    def role(self, name: str) -> RoleConfig | None:
+        """The role with this exact name, or None."""
+        return next((r for r in self.roles if r.name == name), None)
+
+    def target(self, name: str) -> TargetConfig | None:
+        """The target with this exact name, or None."""
+        return next((t for t in self.targets if t.name == name), None)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and the SHA-256 (hex) of the bytes it was read from."""
+
+    config: KeyturnConfig
+    sha256: str
+    source: str
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: object, *, source: str = "<memory>", raw: bytes = b"") -> LoadedConfig:
+    """Validate an already-parsed YAML document.
+
+    Raises:
+        ConfigError: with ``details['path']`` set to the first offending key path.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of keys", path="(top level)")
+    try:
+        config = KeyturnConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = _loc(tuple(first["loc"]))
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            f"{source}: {path}: {first['msg']}{more}", path=path, errors=exc.error_count()
+        ) from exc
+    check_references(config)
+    return LoadedConfig(config=config, sha256=hashlib.sha256(raw).hexdigest(), source=source)
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, parse and validate a YAML configuration file.
+
+    Raises:
+        ConfigError: unreadable file, YAML syntax error (with line), or invalid content.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", path="(file)") from exc
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}", path="(file)") from exc
+    return parse_config(data, source=str(path), raw=raw)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the configuration file."""
+    return KeyturnConfig.model_json_schema()
+
+
+def _fail(path: str, message: str) -> ConfigError:
+    return ConfigError(f"{path}: {message}", path=path)
+
+
+def _unique(items: list[str], path: str, what: str) -> None:
+    seen: dict[str, str] = {}
+    for index, item in enumerate(items):
+        folded = item.casefold()
+        if folded in seen:
+            raise _fail(
+                f"{path}[{index}]",
+                f"{what} {item!r} clashes with {seen[folded]!r} (names are compared ignoring case)",
+            )
+        seen[folded] = item
+
+
+def check_principal_template(template: str, path: str) -> None:
+    """Refuse principal templates that could render ``*``, empty or comma-containing principals.
+
+    Fields are ``{role}``, ``{target}``, ``{user}``; their values match :data:`NAME_PATTERN`, so
+    checking the literal text once with a safe placeholder value proves every rendering safe.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise _fail(path, f"principal template {template!r} is malformed") from exc
+    for _literal, field_name, spec, conversion in parsed:
+        if field_name is None:
+            continue
+        if field_name not in PRINCIPAL_FIELDS or spec or conversion:
+            raise _fail(path, f"unknown field {{{field_name}}}; use {{role}}, {{target}}, {{user}}")
+    sample = template.format(role="r", target="t", user="u")
+    if not PRINCIPAL_PATTERN.match(sample):
+        raise _fail(
+            path,
+            f"principal template {template!r} would produce an unsafe principal; "
+            "allowed: letters, digits and . _ @ : + = - (no '*', ',', spaces or empty)",
+        )
+
+
+def check_references(config: KeyturnConfig) -> None:
+    """Cross-checks pydantic cannot express: uniqueness, references, approver quorums."""
+    _unique([u.id for u in config.users], "users", "user id")
+    _unique([t.name for t in config.targets], "targets", "target")
+    _unique([r.name for r in config.roles], "roles", "role")
+    _unique([r.name for r in config.policy.rules], "policy.rules", "rule")
+    user_ids = {u.id for u in config.users}
+    groups = {g for u in config.users for g in u.groups}
+    roles = {r.name for r in config.roles}
+    targets = {t.name for t in config.targets}
+    for i, role in enumerate(config.roles):
+        for j, template in enumerate(role.ssh.principals):
+            check_principal_template(template, f"roles[{i}].ssh.principals[{j}]")
+        if role.default_duration > role.max_duration:
+            raise _fail(f"roles[{i}].default_duration", "is longer than max_duration")
+        if role.max_duration <= timedelta(0):
+            raise _fail(f"roles[{i}].max_duration", "must be longer than zero")
+    for i, rule in enumerate(config.eligibility):
+        _known(rule.users, user_ids, f"eligibility[{i}].users", "user")
+        _known(rule.roles, roles, f"eligibility[{i}].roles", "role")
+        _known(rule.targets.names, targets, f"eligibility[{i}].targets.names", "target")
+        if not rule.users and not rule.groups:
+            raise _fail(f"eligibility[{i}]", "names no users and no groups")
+        if not rule.targets.names and not rule.targets.labels:
+            raise _fail(f"eligibility[{i}].targets", "selects no targets (give names or labels)")
+    _known(config.admins.users, user_ids, "admins.users", "user")
+    for i, policy_rule in enumerate(config.policy.rules):
+        _check_rule_approvers(policy_rule, f"policy.rules[{i}]", config, user_ids, groups)
+
+
+def _known(names: tuple[str, ...], known: set[str], path: str, what: str) -> None:
+    for index, name in enumerate(names):
+        if name not in known:
+            folded = {k.casefold(): k for k in known}
+            hint = folded.get(name.casefold())
+            extra = f"; did you mean {hint!r}? (names are exact)" if hint else ""
+            raise _fail(f"{path}[{index}]", f"unknown {what} {name!r}{extra}")
+
+
+def _check_rule_approvers(
+    rule: RuleConfig, path: str, config: KeyturnConfig, user_ids: set[str], groups: set[str]
+) -> None:
+    if rule.effect is not Outcome.REQUIRE_APPROVAL:
+        if rule.approvers is not None:
+            raise _fail(f"{path}.approvers", "only a require_approval rule has approvers")
+        return
+    if rule.approvers is None or not (rule.approvers.users or rule.approvers.groups):
+        raise _fail(f"{path}.approvers", "a require_approval rule must name approvers")
+    _known(rule.approvers.users, user_ids, f"{path}.approvers.users", "user")
+    _known(rule.approvers.groups, groups, f"{path}.approvers.groups", "group (no user is in it)")
+    possible = {
+        u.id
+        for u in config.users
+        if u.id in rule.approvers.users or set(u.groups) & set(rule.approvers.groups)
+    }
+    if len(possible) < rule.approvals:
+        raise _fail(
+            f"{path}.approvals",
+            f"needs {rule.approvals} distinct approvers but only {len(possible)} can approve",
+        )

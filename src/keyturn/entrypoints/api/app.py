@@ -1,0 +1,211 @@
+"""The HTTP API (FastAPI). Routes only parse, call a service function, and render.
+
+Every endpoint but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``; the
+token's SHA-256 is looked up among the configured users (the token itself is never stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from keyturn import __version__
+from keyturn.bootstrap import App
+from keyturn.config import UserConfig
+from keyturn.domain.durations import parse_iso_duration
+from keyturn.domain.errors import Unauthenticated
+from keyturn.domain.model import GrantStatus, RequestStatus, Verdict
+from keyturn.entrypoints.api import problems
+from keyturn.entrypoints.api.schemas import (
+    AccessRequestBody,
+    CommentBody,
+    render_event,
+    render_grant,
+    render_request,
+)
+from keyturn.service import access, audit_log, grants
+from keyturn.service.access import RequestInput
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 (hex) of an API token, as stored in the configuration."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> UserConfig:
+    """The user whose token's SHA-256 matches (constant-time comparison).
+
+    Raises:
+        Unauthenticated: no bearer token, or a token that matches no user.
+    """
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise Unauthenticated("send 'Authorization: Bearer <token>'")
+    digest = token_digest(creds.credentials)
+    users: dict[str, UserConfig] = request.app.state.users_by_digest
+    for known, user in users.items():
+        if hmac.compare_digest(known, digest):
+            return user
+    raise Unauthenticated("unknown token")
+
+
+User = Annotated[UserConfig, Depends(principal)]
+
+
+def create_app(app: App) -> FastAPI:
+    """Build the FastAPI application around a wired Keyturn."""
+    deps = app.deps
+    api = FastAPI(title="Keyturn", version=__version__, description=__doc__)
+    api.state.users_by_digest = {u.token_sha256: u for u in deps.config.users if u.token_sha256}
+    problems.install(api)
+
+    @api.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"])
+    def readyz(response: Response) -> dict[str, Any]:
+        """Readiness: the store answers and the KRL is in place."""
+        checks: dict[str, str] = {}
+        try:
+            with deps.store.transaction() as tx:
+                tx.audit_head()
+            checks["store"] = "ok"
+        except Exception as exc:  # readiness reports any failure as a check result
+            checks["store"] = f"failed: {type(exc).__name__}"
+        checks["krl"] = "ok" if app.ssh.krl_path.exists() else "missing"
+        ready = all(v == "ok" for v in checks.values())
+        response.status_code = 200 if ready else 503
+        return {"status": "ready" if ready else "not ready", "checks": checks}
+
+    @api.get("/v1/whoami", tags=["identity"])
+    def whoami(user: User) -> dict[str, Any]:
+        """The authenticated principal."""
+        return {
+            "id": user.id,
+            "name": user.name,
+            "groups": list(user.groups),
+            "admin": deps.is_admin(user),
+        }
+
+    @api.post("/v1/requests", status_code=201, tags=["requests"])
+    def create_request(body: AccessRequestBody, user: User) -> dict[str, Any]:
+        """Request a role on a target; decided at once, granted at once when auto-approved."""
+        data = RequestInput(
+            role=body.role,
+            target=body.target,
+            duration=parse_iso_duration(body.duration),
+            justification=body.justification,
+            ticket=body.ticket,
+            ssh_public_key=body.ssh_public_key,
+        )
+        return render_request(access.request_access(deps, user, data), user.id)
+
+    @api.get("/v1/requests", tags=["requests"])
+    def list_requests(
+        user: User,
+        status: RequestStatus | None = None,
+        mine: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Requests visible to the caller, newest first."""
+        views = access.list_requests(deps, user, status=status, mine=mine, limit=limit)
+        return {"items": [render_request(v, user.id) for v in views]}
+
+    @api.get("/v1/requests/{request_id}", tags=["requests"])
+    def get_request(request_id: str, user: User) -> dict[str, Any]:
+        """One request with its decision, reviews and grant."""
+        return render_request(access.get_request(deps, user, request_id), user.id)
+
+    def _review(
+        request_id: str, user: UserConfig, verdict: Verdict, body: CommentBody | None
+    ) -> dict[str, Any]:
+        view = access.review(deps, user, request_id, verdict, body.comment if body else None)
+        return render_request(view, user.id)
+
+    @api.post("/v1/requests/{request_id}/approve", tags=["requests"])
+    def approve(request_id: str, user: User, body: CommentBody | None = None) -> dict[str, Any]:
+        """Approve a pending request (approvers only; never the requester)."""
+        return _review(request_id, user, Verdict.APPROVE, body)
+
+    @api.post("/v1/requests/{request_id}/deny", tags=["requests"])
+    def deny(request_id: str, user: User, body: CommentBody | None = None) -> dict[str, Any]:
+        """Deny a pending request; one denial ends it."""
+        return _review(request_id, user, Verdict.DENY, body)
+
+    @api.post("/v1/requests/{request_id}/cancel", tags=["requests"])
+    def cancel(request_id: str, user: User, body: CommentBody | None = None) -> dict[str, Any]:
+        """Withdraw one's own pending request."""
+        view = access.cancel(deps, user, request_id, body.comment if body else None)
+        return render_request(view, user.id)
+
+    @api.get("/v1/grants", tags=["grants"])
+    def list_grants(
+        user: User,
+        status: GrantStatus | None = None,
+        mine: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Grants: admins see all, others their own."""
+        items = access.list_grants(deps, user, status=status, mine=mine, limit=limit)
+        return {"items": [render_grant(g, show_credentials=g.user_id == user.id) for g in items]}
+
+    @api.post("/v1/grants/{grant_id}/release", tags=["grants"])
+    def release(grant_id: str, user: User) -> dict[str, Any]:
+        """End one's own grant early; the certificate is put on the KRL at once."""
+        return render_grant(grants.release(deps, user, grant_id), show_credentials=False)
+
+    @api.post("/v1/grants/{grant_id}/revoke", tags=["grants"])
+    def revoke(grant_id: str, user: User) -> dict[str, Any]:
+        """Admin: end any grant early; the certificate is put on the KRL at once."""
+        return render_grant(grants.revoke(deps, user, grant_id), show_credentials=False)
+
+    @api.get("/v1/audit", tags=["audit"])
+    def audit(
+        user: User,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> dict[str, Any]:
+        """Audit events after sequence number ``after`` (admins: all; others: their own)."""
+        events = audit_log.list_events(deps, user, after_seq=after, limit=limit)
+        return {"items": [render_event(e) for e in events]}
+
+    @api.get("/v1/audit/verify", tags=["audit"])
+    def audit_verify(user: User) -> dict[str, Any]:
+        """Verify the whole chain; names the first bad sequence number."""
+        result = audit_log.verify(deps)
+        return {
+            "ok": result.ok,
+            "events": result.count,
+            "first_bad_seq": result.first_bad_seq,
+            "reason": result.reason,
+            "head_hash": result.head_hash,
+        }
+
+    @api.get("/v1/ssh/ca", tags=["ssh"], response_class=Response)
+    def ssh_ca(_user: User) -> Response:
+        """The user CA line for targets' ``TrustedUserCAKeys``."""
+        return Response(app.ssh.ca_public_line + "\n", media_type="text/plain")
+
+    @api.get("/v1/ssh/krl", tags=["ssh"], response_class=Response)
+    def ssh_krl(_user: User) -> Response:
+        """The current key revocation list (binary, PROTOCOL.krl) for targets' ``RevokedKeys``."""
+        data = app.ssh.krl_bytes(deps.clock.now())
+        return Response(data, media_type="application/octet-stream")
+
+    @api.middleware("http")
+    async def no_store(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return api

@@ -1,0 +1,105 @@
+"""API bodies (pydantic) and rendering of domain objects to JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyturn.domain.audit import AuditEvent, format_time
+from keyturn.domain.durations import to_iso_duration
+from keyturn.domain.model import Grant, Review, decision_to_data
+from keyturn.service.access import RequestView
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccessRequestBody(_Body):
+    """``POST /v1/requests``."""
+
+    role: str = Field(max_length=64)
+    target: str = Field(max_length=64)
+    duration: str = Field(max_length=32, description="ISO 8601 duration, e.g. PT30M")
+    justification: str = Field(max_length=20_000)
+    ticket: str | None = Field(default=None, max_length=1000)
+    ssh_public_key: str | None = Field(default=None, max_length=20_000)
+
+
+class CommentBody(_Body):
+    """Body of approve, deny and cancel."""
+
+    comment: str | None = Field(default=None, max_length=5000)
+
+
+def _time(value: Any) -> str | None:
+    return format_time(value) if value is not None else None
+
+
+def render_grant(grant: Grant, *, show_credentials: bool) -> dict[str, Any]:
+    """A grant as JSON; credentials only for its owner."""
+    return {
+        "id": grant.id,
+        "request_id": grant.request_id,
+        "user": grant.user_id,
+        "role": grant.role,
+        "target": grant.target,
+        "provider": grant.provider,
+        "status": str(grant.status),
+        "not_before": _time(grant.not_before),
+        "not_after": _time(grant.not_after),
+        "serial": grant.serial,
+        "end_reason": str(grant.end_reason) if grant.end_reason else None,
+        "ended_by": grant.ended_by,
+        "ended_at": _time(grant.ended_at),
+        "attempts": grant.attempts,
+        "last_error": grant.last_error,
+        "credentials": dict(grant.credentials) if show_credentials else {},
+    }
+
+
+def render_review(review: Review) -> dict[str, Any]:
+    """A review as JSON."""
+    return {
+        "reviewer": review.reviewer_id,
+        "verdict": str(review.verdict),
+        "comment": review.comment,
+        "at": _time(review.created_at),
+    }
+
+
+def render_request(view: RequestView, viewer_id: str) -> dict[str, Any]:
+    """An access request with decision, reviews and grant."""
+    r = view.request
+    return {
+        "id": r.id,
+        "requester": r.requester_id,
+        "role": r.role,
+        "target": r.target,
+        "duration": to_iso_duration(r.duration),
+        "justification": r.justification,
+        "ticket": r.ticket,
+        "status": str(r.status),
+        "created_at": _time(r.created_at),
+        "updated_at": _time(r.updated_at),
+        "decision": decision_to_data(r.decision),
+        "reviews": [render_review(x) for x in view.reviews],
+        "grant": render_grant(view.grant, show_credentials=view.grant.user_id == viewer_id)
+        if view.grant
+        else None,
+    }
+
+
+def render_event(event: AuditEvent) -> dict[str, Any]:
+    """An audit event as JSON (exactly the hashed fields plus the hashes)."""
+    return {
+        "seq": event.seq,
+        "at": format_time(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "subject": event.subject,
+        "details": event.details,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }

@@ -1,0 +1,276 @@
+"""``keyturn demo``: the 02:45 story against real sshd servers, with real ssh logins.
+
+Starts a Keyturn server (store in a temporary directory) and two sshd servers standing for
+``db-1`` and ``db-2``, then plays the story with the same HTTP client the CLI uses, checking every
+observed outcome. Exits 0 only if every outcome is the expected one.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from keyturn import bootstrap
+from keyturn.adapters.providers.ssh_ca import public_key_path
+from keyturn.config import parse_config
+from keyturn.domain.errors import Forbidden, KeyturnError
+from keyturn.entrypoints.api.app import token_digest
+from keyturn.entrypoints.cli import cert_path_for
+from keyturn.entrypoints.cli_client import Client, Settings
+from keyturn.entrypoints.server import Server, record_start
+from keyturn.lab import Sshd, free_port, make_user_key, ssh_login
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
+
+
+@dataclass
+class Story:
+    """Prints the timeline and counts surprises."""
+
+    t0: float = field(default_factory=time.monotonic)
+    surprises: list[str] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        """One timeline line."""
+        print(f"[{time.monotonic() - self.t0:6.2f}s] {text}", flush=True)
+
+    def expect(self, label: str, observed: str, expected: str) -> None:
+        """Print an observed outcome and remember it if it is not the expected one."""
+        ok = observed == expected
+        mark = "ok" if ok else f"UNEXPECTED (expected {expected})"
+        self.say(f"  {label}: {observed}  [{mark}]")
+        if not ok:
+            self.surprises.append(f"{label}: observed {observed}, expected {expected}")
+
+
+def _config(tmp: Path, port: int, tokens: dict[str, str], sshd_ports: dict[str, int]) -> Any:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["store"] = {"url": f"sqlite:///{tmp / 'keyturn.db'}"}
+    data["ssh_ca"] = {"key_path": str(tmp / "ca" / "user_ca"), "clock_skew": "PT5S"}
+    data["server"].update({"port": port, "worker_max_sleep": "PT0.2S"})
+    for user in data["users"]:
+        user["token_sha256"] = token_digest(tokens[user["id"]])
+    for target in data["targets"]:
+        target["port"] = sshd_ports[target["name"]]
+    raw = yaml.safe_dump(data).encode()
+    return parse_config(data, source="examples/keyturn.yaml (demo overrides)", raw=raw)
+
+
+def _ssh(story: Story, who: str, sshd: Sshd, key: Path, *, target: str, expected: str) -> None:
+    result = ssh_login(sshd, key, cert_path_for(key.with_name(key.name + ".pub")))
+    observed = "accepted" if result.returncode == 0 else "refused"
+    story.expect(f"ssh as {who} to {target} (real sshd :{sshd.port})", observed, expected)
+
+
+def _request(story: Story, client: Client, who: str, body: dict[str, Any], key: Path | None) -> Any:
+    if key is not None:
+        body["ssh_public_key"] = key.with_name(key.name + ".pub").read_text()
+    started = time.perf_counter()
+    data = client.call("POST", "/v1/requests", json=body)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    d = data["decision"]
+    story.say(
+        f"{who} requests {body['role']} on {body['target']} for {body['duration']}: "
+        f"{d['outcome']} by rule {d['rule']} — {'; '.join(d['reasons'])}"
+    )
+    if data.get("grant"):
+        story.say(
+            f"  grant {data['grant']['id']} {data['grant']['status']} in {elapsed_ms:.1f} ms "
+            f"(until {data['grant']['not_after']})"
+        )
+    _save_cert(data, key)
+    return data
+
+
+def _save_cert(data: dict[str, Any], key: Path | None) -> None:
+    cert = ((data.get("grant") or {}).get("credentials") or {}).get("ssh_certificate")
+    if cert and key is not None:
+        cert_path_for(key.with_name(key.name + ".pub")).write_text(cert + "\n")
+
+
+def _play(story: Story, tmp: Path, window_s: int) -> None:
+    tokens = {
+        u: "kt_" + secrets.token_urlsafe(24)
+        for u in ("alice", "bob", "carol", "dave", "mallory", "sam")
+    }
+    ca_dir = tmp / "ca"
+    krl = ca_dir / "revoked.krl"
+    db1 = Sshd(
+        tmp / "sshd-db-1",
+        public_key_path(ca_dir / "user_ca"),
+        krl,
+        ["server-admin@db-1", "db-schema-admin@db-1"],
+    )
+    db2 = Sshd(
+        tmp / "sshd-db-2",
+        public_key_path(ca_dir / "user_ca"),
+        krl,
+        ["server-admin@db-2", "db-schema-admin@db-2"],
+    )
+    port = free_port()
+    wired = bootstrap.build(_config(tmp, port, tokens, {"db-1": db1.port, "db-2": db2.port}))
+    record_start(wired, "api")
+    server = Server(wired, "127.0.0.1", port)
+    server.start()
+    try:
+        db1.start()
+        db2.start()
+        story.say(
+            f"keyturn serving on 127.0.0.1:{port}; sshd db-1 on :{db1.port}, db-2 on :{db2.port}"
+        )
+        clients = {u: Client(Settings(f"http://127.0.0.1:{port}", t)) for u, t in tokens.items()}
+        keys = {u: tmp / "home" / u / "id_ed25519" for u in ("alice", "bob", "mallory")}
+        for user, key in keys.items():
+            make_user_key(key, f"{user}@laptop")
+        _scene(story, clients=clients, keys=keys, db1=db1, db2=db2, window_s=window_s)
+    finally:
+        server.stop()
+        db1.stop()
+        db2.stop()
+        wired.close()
+
+
+def _scene(
+    story: Story,
+    *,
+    clients: dict[str, Client],
+    keys: dict[str, Path],
+    db1: Sshd,
+    db2: Sshd,
+    window_s: int,
+) -> None:
+    story.say("02:45 — the primary database db-1 is down. Alice is on call.")
+    alice = _request(
+        story,
+        clients["alice"],
+        "alice",
+        {
+            "role": "server-admin",
+            "target": "db-1",
+            "duration": f"PT{window_s}S",
+            "justification": "INC-4711: primary database db-1 down, restoring service",
+            "ticket": "INC-4711",
+        },
+        keys["alice"],
+    )
+    story.expect("alice's request", alice["status"], "approved")
+    _ssh(story, "alice", db1, keys["alice"], target="db-1", expected="accepted")
+    _ssh(story, "alice", db2, keys["alice"], target="db-2 (not granted)", expected="refused")
+
+    bob = _request(
+        story,
+        clients["bob"],
+        "bob",
+        {
+            "role": "db-schema-admin",
+            "target": "db-1",
+            "duration": "PT10M",
+            "justification": "apply emergency index migration 0042",
+        },
+        keys["bob"],
+    )
+    story.expect("bob's request", bob["status"], "pending")
+    try:
+        clients["bob"].call("POST", f"/v1/requests/{bob['id']}/approve", json={})
+        observed = "allowed"
+    except Forbidden as exc:
+        observed = "refused (403)"
+        story.say(f"  bob tries to approve his own request: {exc.message}")
+    except KeyturnError as exc:
+        observed = f"refused ({type(exc).__name__})"
+    story.expect("bob approves his own request", observed, "refused (403)")
+    approved = clients["carol"].call(
+        "POST", f"/v1/requests/{bob['id']}/approve", json={"comment": "ok, go"}
+    )
+    story.say(f"carol approves: request {approved['status']}, grant {approved['grant']['status']}")
+    _save_cert(clients["bob"].call("GET", f"/v1/requests/{bob['id']}"), keys["bob"])
+    _ssh(story, "bob", db1, keys["bob"], target="db-1", expected="accepted")
+    revoked = clients["sam"].call("POST", f"/v1/grants/{approved['grant']['id']}/revoke")
+    story.say(
+        f"sam (security) revokes bob's grant early: {revoked['status']} "
+        f"(serial {revoked['serial']} on the KRL)"
+    )
+    _ssh(story, "bob", db1, keys["bob"], target="db-1 after revoke", expected="refused")
+
+    mallory = _request(
+        story,
+        clients["mallory"],
+        "mallory",
+        {
+            "role": "server-admin",
+            "target": "db-1",
+            "duration": "PT1H",
+            "justification": "just looking",
+        },
+        keys["mallory"],
+    )
+    story.expect("mallory's request", mallory["status"], "denied")
+
+    not_after = alice["grant"]["not_after"]
+    story.say(f"waiting for alice's window to close at {not_after} …")
+    _wait_for_status(clients["sam"], alice["grant"]["id"], "revoked", timeout=window_s + 20)
+    _ssh(story, "alice", db1, keys["alice"], target="db-1 after her window", expected="refused")
+    grant = clients["alice"].call("GET", f"/v1/requests/{alice['id']}")["grant"]
+    story.expect("alice's grant", f"{grant['status']} ({grant['end_reason']})", "revoked (expired)")
+
+    verify = clients["sam"].call("GET", "/v1/audit/verify")
+    story.expect(
+        f"keyturn audit verify ({verify['events']} events)",
+        "ok" if verify["ok"] else "broken",
+        "ok",
+    )
+    _timeline(story, clients["sam"])
+
+
+def _wait_for_status(client: Client, grant_id: str, status: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = client.call("GET", "/v1/grants", params={"limit": 100})["items"]
+        if any(g["id"] == grant_id and g["status"] == status for g in items):
+            return
+        time.sleep(0.2)
+
+
+def _timeline(story: Story, auditor: Client) -> None:
+    events = auditor.call("GET", "/v1/audit", params={"limit": 1000})["items"]
+    print("\naudit timeline (who, what, decision and rule, time to grant):")
+    for e in events:
+        d = e["details"]
+        extra = ""
+        if e["action"] == "request.decided":
+            extra = f"{d['outcome']} by {d['rule']}"
+        elif e["action"] == "grant.issued":
+            extra = f"granted in {d['time_to_grant_ms']} ms, until {d['not_after']}"
+        elif e["action"] in ("grant.expired", "grant.revoked", "grant.released"):
+            extra = "verified" if d.get("verified") else ""
+        who = e["subject"].get("user_id", "")
+        print(
+            f"  {e['seq']:>3} {e['at'][11:23]} {e['actor']:<14} {e['action']:<18} {who:<8} {extra}"
+        )
+
+
+def run_demo(*, keep: bool = False, window_s: int = 15) -> int:
+    """Play the story; return the exit code (0 when every outcome was as expected)."""
+    story = Story()
+    tmp = Path(tempfile.mkdtemp(prefix="keyturn-demo-"))
+    try:
+        _play(story, tmp, window_s)
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if story.surprises:
+        print(f"\nDEMO FAILED: {len(story.surprises)} unexpected outcome(s):")
+        for s in story.surprises:
+            print(f"  - {s}")
+        return 1
+    print(f"\ndemo finished in {time.monotonic() - story.t0:.1f}s: every outcome as expected")
+    return 0

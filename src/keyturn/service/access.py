@@ -1,0 +1,306 @@
+"""Access requests and reviews: ask, decide at once, review, cancel, read.
+
+Bad input is rejected before anything is written (guarantee 8); durations above the role's
+maximum are rejected, never clamped (guarantee 3); a requester can never review their own
+request, and N approvals means N distinct people (guarantee 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from keyturn.config import RoleConfig, TargetConfig, UserConfig
+from keyturn.domain.audit import AuditDraft
+from keyturn.domain.durations import humanize
+from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from keyturn.domain.model import (
+    AccessRequest,
+    Decision,
+    Grant,
+    GrantStatus,
+    Outcome,
+    RequestStatus,
+    Review,
+    Verdict,
+    decision_to_data,
+    quorum_reached,
+)
+from keyturn.domain.policy import base_facts, is_eligible
+from keyturn.domain.ssh_keys import parse_user_public_key
+from keyturn.domain.text import clean_text
+from keyturn.service import grants as grant_service
+from keyturn.service.deps import Deps
+
+TICKET_MAX = 200
+COMMENT_MAX = 1000
+
+
+@dataclass(frozen=True)
+class RequestInput:
+    """What a requester sends (already parsed from JSON/CLI; still untrusted)."""
+
+    role: str
+    target: str
+    duration: timedelta
+    justification: str
+    ticket: str | None = None
+    ssh_public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """An access request with its reviews and grant (if one was made)."""
+
+    request: AccessRequest
+    reviews: list[Review]
+    grant: Grant | None
+
+
+def _resolve(deps: Deps, data: RequestInput) -> tuple[RoleConfig, TargetConfig]:
+    role = deps.config.role(data.role)
+    if role is None:
+        raise InvalidInput(f"unknown role {data.role!r}", field="role")
+    target = deps.config.target(data.target)
+    if target is None:
+        raise InvalidInput(f"unknown target {data.target!r}", field="target")
+    if data.duration <= timedelta(0):
+        raise InvalidInput("duration must be longer than zero", field="duration")
+    if data.duration > role.max_duration:
+        raise InvalidInput(
+            f"duration {humanize(data.duration)} is above role {role.name}'s maximum of "
+            f"{humanize(role.max_duration)}",
+            field="duration",
+        )
+    if data.duration.microseconds:
+        raise InvalidInput("duration must be a whole number of seconds", field="duration")
+    return role, target
+
+
+def request_access(deps: Deps, requester: UserConfig, data: RequestInput) -> RequestView:
+    """Create an access request, decide it at once, and grant it if auto-approved.
+
+    Raises:
+        InvalidInput: unknown role/target, duration out of range, blank or over-long
+            justification, bad ticket, missing or unacceptable SSH key. Nothing is written.
+    """
+    role, target = _resolve(deps, data)
+    justification = clean_text(
+        data.justification,
+        field="justification",
+        max_length=deps.config.server.justification_max_length,
+        required=True,
+    )
+    ticket = clean_text(data.ticket, field="ticket", max_length=TICKET_MAX, required=False)
+    ssh_key = _ssh_key(role, data.ssh_public_key)
+    now = deps.clock.now()
+    facts = base_facts(
+        user=requester,
+        role=role,
+        target=target,
+        duration=data.duration,
+        justification=justification or "",
+        ticket=ticket,
+        now=now,
+        timezone=deps.config.policy.timezone,
+    )
+    decision = deps.policy.decide(
+        eligible=is_eligible(deps.config, requester, role.name, target), facts=facts
+    )
+    status = {
+        Outcome.AUTO_APPROVE: RequestStatus.APPROVED,
+        Outcome.REQUIRE_APPROVAL: RequestStatus.PENDING,
+        Outcome.DENY: RequestStatus.DENIED,
+    }[decision.outcome]
+    request = AccessRequest(
+        id=deps.new_id("req"),
+        requester_id=requester.id,
+        role=role.name,
+        target=target.name,
+        duration=data.duration,
+        justification=justification or "",
+        ticket=ticket,
+        ssh_public_key=ssh_key,
+        status=status,
+        decision=decision,
+        created_at=now,
+        updated_at=now,
+    )
+    with deps.store.transaction() as tx:
+        tx.add_request(request)
+        sub = {"request_id": request.id, "user_id": requester.id}
+        tx.append_audit(AuditDraft(now, requester.id, "request.created", sub, _created(request)))
+        tx.append_audit(
+            AuditDraft(now, "system:policy", "request.decided", sub, _decided(decision))
+        )
+        grant = (
+            grant_service.new_grant(deps, tx, request, now)
+            if status is RequestStatus.APPROVED
+            else None
+        )
+    if grant is not None:
+        grant = grant_service.activate(deps, grant, request)
+    return RequestView(request, [], grant)
+
+
+def _ssh_key(role: RoleConfig, key: str | None) -> str | None:
+    if role.provider != "ssh":
+        return None
+    if key is None or not key.strip():
+        raise InvalidInput(
+            f"role {role.name} grants SSH access: send your public key (ssh_public_key)",
+            field="ssh_public_key",
+        )
+    parse_user_public_key(key)
+    return key.strip()
+
+
+def _created(request: AccessRequest) -> dict[str, object]:
+    return {
+        "role": request.role,
+        "target": request.target,
+        "duration_s": int(request.duration.total_seconds()),
+        "justification": request.justification,
+        "ticket": request.ticket,
+    }
+
+
+def _decided(decision: Decision) -> dict[str, object]:
+    data = decision_to_data(decision)
+    data["facts"] = {k: v for k, v in decision.facts.items() if k != "request"}
+    return data
+
+
+def review(
+    deps: Deps, reviewer: UserConfig, request_id: str, verdict: Verdict, comment: str | None
+) -> RequestView:
+    """Record one reviewer's verdict; approve at quorum, deny at the first denial.
+
+    Raises:
+        NotFound: no such request. Forbidden: the reviewer is the requester (by immutable id) or
+            is not among the rule's approvers. Conflict: the request is not pending, or this
+            reviewer already reviewed it. InvalidInput: comment too long.
+    """
+    note = clean_text(comment, field="comment", max_length=COMMENT_MAX, required=False)
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        request = tx.get_request(request_id, lock=True)
+        if request.requester_id == reviewer.id:
+            raise Forbidden("you cannot review your own access request", request_id=request_id)
+        if request.status is not RequestStatus.PENDING:
+            raise Conflict(
+                f"access request {request_id} is {request.status}; only pending requests can be "
+                "reviewed",
+                request_id=request_id,
+                status=str(request.status),
+            )
+        if not request.decision.approvers.includes(reviewer.id, reviewer.groups):
+            raise Forbidden(
+                f"you are not an approver for rule {request.decision.rule}", request_id=request_id
+            )
+        tx.add_review(Review(deps.new_id("rev"), request_id, reviewer.id, verdict, note, now))
+        sub = {"request_id": request_id, "user_id": request.requester_id}
+        tx.append_audit(
+            AuditDraft(
+                now,
+                reviewer.id,
+                "request.reviewed",
+                sub,
+                {"verdict": str(verdict), "comment": note},
+            )
+        )
+        reviews = tx.reviews(request_id)
+        grant = None
+        if verdict is Verdict.DENY:
+            request = request.transition(RequestStatus.DENIED, now)
+        elif quorum_reached(request.decision.approvals, reviews):
+            request = request.transition(RequestStatus.APPROVED, now)
+        if request.status is not RequestStatus.PENDING:
+            tx.save_request(request)
+            tx.append_audit(AuditDraft(now, reviewer.id, f"request.{request.status}", sub, {}))
+        if request.status is RequestStatus.APPROVED:
+            grant = grant_service.new_grant(deps, tx, request, now)
+    if grant is not None:
+        grant = grant_service.activate(deps, grant, request)
+    return RequestView(request, reviews, grant)
+
+
+def cancel(deps: Deps, actor: UserConfig, request_id: str, comment: str | None) -> RequestView:
+    """The requester (or an admin) withdraws a pending request.
+
+    Raises:
+        NotFound, Forbidden (someone else's request), Conflict (not pending).
+    """
+    note = clean_text(comment, field="comment", max_length=COMMENT_MAX, required=False)
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        request = tx.get_request(request_id, lock=True)
+        if request.requester_id != actor.id and not deps.is_admin(actor):
+            raise Forbidden("you can only cancel your own access requests", request_id=request_id)
+        request = request.transition(RequestStatus.CANCELLED, now)
+        tx.save_request(request)
+        sub = {"request_id": request_id, "user_id": request.requester_id}
+        tx.append_audit(AuditDraft(now, actor.id, "request.cancelled", sub, {"comment": note}))
+        reviews = tx.reviews(request_id)
+    return RequestView(request, reviews, None)
+
+
+def can_see(deps: Deps, viewer: UserConfig, request: AccessRequest) -> bool:
+    """Requesters see their own requests, approvers the ones they may review, admins all."""
+    return (
+        request.requester_id == viewer.id
+        or deps.is_admin(viewer)
+        or request.decision.approvers.includes(viewer.id, viewer.groups)
+    )
+
+
+def get_request(deps: Deps, viewer: UserConfig, request_id: str) -> RequestView:
+    """One request with its reviews and grant.
+
+    Raises:
+        NotFound: no such request, or not visible to the viewer (no existence leak).
+    """
+    with deps.store.transaction() as tx:
+        request = tx.get_request(request_id)
+        if not can_see(deps, viewer, request):
+            raise NotFound(f"no access request {request_id!r}", request_id=request_id)
+        return RequestView(request, tx.reviews(request_id), tx.grant_for_request(request_id))
+
+
+def list_requests(
+    deps: Deps,
+    viewer: UserConfig,
+    *,
+    status: RequestStatus | None,
+    mine: bool,
+    limit: int = 100,
+) -> list[RequestView]:
+    """Requests visible to the viewer, newest first (``mine``: only the viewer's own)."""
+    with deps.store.transaction() as tx:
+        rows = tx.list_requests(
+            status=status, requester_id=viewer.id if mine else None, limit=limit if mine else 1000
+        )
+        visible = [r for r in rows if can_see(deps, viewer, r)][:limit]
+        return [RequestView(r, tx.reviews(r.id), tx.grant_for_request(r.id)) for r in visible]
+
+
+def list_grants(
+    deps: Deps,
+    viewer: UserConfig,
+    *,
+    status: GrantStatus | None = None,
+    mine: bool = False,
+    limit: int = 100,
+) -> list[Grant]:
+    """Grants: admins see all (unless ``mine``), others their own."""
+    own = mine or not deps.is_admin(viewer)
+    with deps.store.transaction() as tx:
+        return tx.list_grants(status=status, user_id=viewer.id if own else None, limit=limit)
+
+
+def find_user(deps: Deps, user_id: str) -> UserConfig:
+    """The configured user with exactly this id. Raises NotFound."""
+    user = deps.config.user(user_id)
+    if user is None:
+        raise NotFound(f"unknown user {user_id!r}")
+    return user

@@ -1,0 +1,40 @@
+"""Reading and verifying the audit chain."""
+
+from __future__ import annotations
+
+from keyturn.config import UserConfig
+from keyturn.domain.audit import AuditDraft, AuditEvent, VerifyResult, verify_chain
+from keyturn.domain.errors import Forbidden
+from keyturn.service.deps import Deps
+
+
+def verify(deps: Deps) -> VerifyResult:
+    """Check the whole chain and its head (RFC 8785 + SHA-256 links; see ``domain.audit``)."""
+    with deps.store.transaction() as tx:
+        return verify_chain(tx.iter_audit(), tx.audit_head())
+
+
+def list_events(
+    deps: Deps, viewer: UserConfig, *, after_seq: int = 0, limit: int = 100
+) -> list[AuditEvent]:
+    """Events after ``after_seq``; admins see all, others only events they are subject of."""
+    with deps.store.transaction() as tx:
+        events = tx.audit_events(
+            after_seq=after_seq, limit=None if not deps.is_admin(viewer) else limit
+        )
+    if deps.is_admin(viewer):
+        return events
+    own = [e for e in events if e.actor == viewer.id or e.subject.get("user_id") == viewer.id]
+    return own[:limit]
+
+
+def record(deps: Deps, actor: str, action: str, details: dict[str, object]) -> AuditEvent:
+    """Append a system event (server started, configuration loaded …)."""
+    with deps.store.transaction() as tx:
+        return tx.append_audit(AuditDraft(deps.clock.now(), actor, action, {}, details))
+
+
+def require_admin(deps: Deps, user: UserConfig) -> None:
+    """Raises Forbidden unless the user is an admin."""
+    if not deps.is_admin(user):
+        raise Forbidden("this needs an admin")

@@ -1,0 +1,91 @@
+"""Shared fixtures: configuration, fakes, a real SQLite/PostgreSQL store, real sshd."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from keyturn.config import LoadedConfig, parse_config
+from keyturn.domain.policy import PolicyEngine
+from keyturn.service.deps import Deps
+from keyturn.testing import FakeClock, FakeProvider, InMemoryStore
+from tests.pg import PgCluster
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
+USERS = ("alice", "bob", "carol", "dave", "mallory", "sam")
+TOKENS = {u: f"test-token-{u}" for u in USERS}
+
+
+def example_data(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """The example configuration with test tokens and paths inside ``tmp_path``."""
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    data["store"] = {"url": f"sqlite:///{tmp_path / 'keyturn.db'}"}
+    data["ssh_ca"] = {"key_path": str(tmp_path / "ca" / "user_ca")}
+    for user in data["users"]:
+        user["token_sha256"] = hashlib.sha256(TOKENS[user["id"]].encode()).hexdigest()
+    data.update(overrides)
+    return data
+
+
+def load(data: dict[str, Any]) -> LoadedConfig:
+    """Validate a configuration dict."""
+    return parse_config(data, raw=yaml.safe_dump(data).encode())
+
+
+def counter_ids() -> Callable[[str], str]:
+    """Deterministic ids: req_0001, grt_0002, …"""
+    numbers = itertools.count(1)
+    return lambda prefix: f"{prefix}_{next(numbers):04d}"
+
+
+def serials() -> Callable[[], int]:
+    """Deterministic serials 1001, 1002, …"""
+    numbers = itertools.count(1001)
+    return lambda: next(numbers)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """02:45 UTC on a Tuesday."""
+    return FakeClock()
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    """The fake provider, standing in for ssh."""
+    return FakeProvider("ssh")
+
+
+@pytest.fixture
+def deps(tmp_path: Path, clock: FakeClock, provider: FakeProvider) -> Deps:
+    """Services wired with fakes: in-memory store, fake clock, fake provider."""
+    loaded = load(example_data(tmp_path))
+    return Deps(
+        config=loaded.config,
+        policy=PolicyEngine(loaded.config),
+        store=InMemoryStore(),
+        clock=clock,
+        providers={"ssh": provider},
+        new_id=counter_ids(),
+        new_serial=serials(),
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session."""
+    cluster = PgCluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, empty PostgreSQL database."""
+    return pg_cluster.new_database()
