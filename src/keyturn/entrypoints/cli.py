@@ -399,6 +399,9 @@ def demo(
 
 def main() -> None:
     """Console-script entry point: run the app; map Keyturn errors to messages and exit codes."""
+    from keyturn.entrypoints.logs import configure
+
+    configure()
     try:
         app()
     except KeyturnError as exc:

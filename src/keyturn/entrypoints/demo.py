@@ -129,7 +129,11 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         keys = {u: tmp / "home" / u / "id_ed25519" for u in ("alice", "bob", "mallory")}
         for user, key in keys.items():
             make_user_key(key, f"{user}@laptop")
-        _scene(story, clients=clients, keys=keys, db1=db1, db2=db2, window_s=window_s)
+        try:
+            _scene(story, clients=clients, keys=keys, db1=db1, db2=db2, window_s=window_s)
+        finally:
+            for client in clients.values():
+                client.close()
     finally:
         server.stop()
         db1.stop()
