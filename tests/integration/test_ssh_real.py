@@ -71,7 +71,8 @@ def test_certificate_is_accepted_in_its_window_and_names_the_grant(lab: Lab) -> 
     assert lab.login(lab.db1)
     assert view.grant is not None
     log = lab.db1.log_text()
-    assert f"grant={view.grant.id}" in log and "user=alice" in log
+    assert f"grant={view.grant.id}" in log
+    assert "user=alice" in log
 
 
 def test_certificate_for_db1_is_refused_by_db2(lab: Lab) -> None:
@@ -95,7 +96,8 @@ def test_early_revoke_is_refused_at_once_through_the_krl(lab: Lab) -> None:
     view = lab.request("alice", "server-admin", 300)
     assert lab.login(lab.db1)
     sam = lab.app.deps.config.user("sam")
-    assert sam is not None and view.grant is not None
+    assert sam is not None
+    assert view.grant is not None
     ended = grants.revoke(lab.app.deps, sam, view.grant.id)
     assert ended.status.value == "revoked"
     assert not lab.login(lab.db1)
@@ -107,6 +109,7 @@ def test_expired_grant_needs_no_krl_entry(lab: Lab) -> None:
     view = lab.request("alice", "server-admin", 1)
     time.sleep(1.1)
     [ended] = grants.expire_due(lab.app.deps)
-    assert view.grant is not None and ended.id == view.grant.id
+    assert view.grant is not None
+    assert ended.id == view.grant.id
     assert ended.status.value == "revoked"
     assert lab.app.ssh.read_krl_ranges() == []

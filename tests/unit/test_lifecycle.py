@@ -1,4 +1,4 @@
-"""Services with fakes: decide at once, review by distinct people, grant write-ahead, end verified."""
+"""Services with fakes: decide at once, distinct reviewers, write-ahead grants, verified ends."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_auto_approved_request_is_granted_at_once(deps: Deps, provider: FakeProv
     """Standard tier: approved, grant active, window starts now, privilege really present."""
     view = ask(deps, "alice")
     assert view.request.status is RequestStatus.APPROVED
-    assert view.grant is not None and view.grant.status is GrantStatus.ACTIVE
+    assert view.grant is not None
+    assert view.grant.status is GrantStatus.ACTIVE
     assert view.grant.not_after - view.grant.not_before == timedelta(minutes=30)
     assert view.grant.id in provider.held
     assert actions(deps) == [
@@ -84,12 +85,14 @@ def test_provisioning_is_committed_before_the_provider_is_called(deps: Deps) -> 
 def test_high_tier_needs_a_reviewer_other_than_the_requester(deps: Deps) -> None:
     """bob cannot approve his own request; carol (dba-leads) can, and the grant follows."""
     view = ask(deps, "bob", "db-schema-admin")
-    assert view.request.status is RequestStatus.PENDING and view.grant is None
+    assert view.request.status is RequestStatus.PENDING
+    assert view.grant is None
     with pytest.raises(Forbidden, match="own"):
         access.review(deps, user(deps, "bob"), view.request.id, Verdict.APPROVE, None)
     done = access.review(deps, user(deps, "carol"), view.request.id, Verdict.APPROVE, "ok")
     assert done.request.status is RequestStatus.APPROVED
-    assert done.grant is not None and done.grant.status is GrantStatus.ACTIVE
+    assert done.grant is not None
+    assert done.grant.status is GrantStatus.ACTIVE
 
 
 def test_requester_in_the_approver_group_never_counts(deps: Deps) -> None:
@@ -181,7 +184,8 @@ def test_grant_expires_at_not_after_verified(
     assert grants.expire_due(deps) == []
     clock.advance(timedelta(seconds=1))
     [ended] = grants.expire_due(deps)
-    assert ended.status is GrantStatus.REVOKED and ended.end_reason is EndReason.EXPIRED
+    assert ended.status is GrantStatus.REVOKED
+    assert ended.end_reason is EndReason.EXPIRED
     assert grant.id not in provider.held
     assert actions(deps)[-2:] == ["grant.revoking", "grant.expired"]
 
@@ -195,12 +199,14 @@ def test_failed_revoke_is_recorded_retried_and_never_swallowed(
     provider.fail_revoke = True
     clock.advance(timedelta(seconds=21))
     [failed] = grants.expire_due(deps)
-    assert failed.status is GrantStatus.REVOKE_FAILED and failed.last_error
+    assert failed.status is GrantStatus.REVOKE_FAILED
+    assert failed.last_error
     assert "grant.revoke_failed" in actions(deps)
     assert grants.reconcile(deps) == []  # backoff not yet passed
     clock.advance(timedelta(seconds=1))
     [again] = grants.reconcile(deps)
-    assert again.status is GrantStatus.REVOKE_FAILED and again.attempts == 2
+    assert again.status is GrantStatus.REVOKE_FAILED
+    assert again.attempts == 2
     provider.fail_revoke = False
     clock.advance(grants.retry_delay(2))
     [done] = grants.reconcile(deps)
@@ -226,7 +232,8 @@ def test_provider_failure_at_grant_leaves_nothing_active(
     """The request stays approved but the grant is failed with the reason; nothing is held."""
     provider.fail_grant = True
     view = ask(deps, "alice")
-    assert view.grant is not None and view.grant.status is GrantStatus.FAILED
+    assert view.grant is not None
+    assert view.grant.status is GrantStatus.FAILED
     assert provider.held == set()
     assert "grant.failed" in actions(deps)
 
@@ -246,7 +253,8 @@ def test_reconcile_finishes_a_grant_interrupted_after_write_ahead(
     assert grants.reconcile(deps) == []  # not stale yet: maybe still in flight
     clock.advance(grants.STALE_AFTER)
     [fixed] = grants.reconcile(deps)
-    assert fixed.status is GrantStatus.ACTIVE and fixed.id in provider.held
+    assert fixed.status is GrantStatus.ACTIVE
+    assert fixed.id in provider.held
 
 
 def test_release_is_for_the_owner_and_revoke_for_admins(deps: Deps) -> None:
@@ -280,4 +288,5 @@ def test_every_step_is_in_a_verifying_chain(deps: Deps, clock: FakeClock) -> Non
     clock.advance(timedelta(hours=1))
     grants.expire_due(deps)
     result = audit_log.verify(deps)
-    assert result.ok and result.count == len(actions(deps)) >= 8
+    assert result.ok
+    assert result.count == len(actions(deps)) >= 8

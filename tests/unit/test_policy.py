@@ -22,7 +22,9 @@ def _config(tmp_path: Path, rules: list[dict[str, Any]] | None = None) -> Keytur
 
 def _facts(config: KeyturnConfig, user: str, role: str, target: str, seconds: int = 1800) -> Any:
     u, r, t = config.user(user), config.role(role), config.target(target)
-    assert u and r and t
+    assert u
+    assert r
+    assert t
     return base_facts(
         user=u,
         role=r,
@@ -40,7 +42,9 @@ def test_eligibility_by_group_and_label_selector(tmp_path: Path) -> None:
     config = _config(tmp_path)
     db1 = config.target("db-1")
     alice, mallory = config.user("alice"), config.user("mallory")
-    assert db1 and alice and mallory
+    assert db1
+    assert alice
+    assert mallory
     assert is_eligible(config, alice, "server-admin", db1)
     assert not is_eligible(config, alice, "db-schema-admin", db1)
     assert not is_eligible(config, mallory, "server-admin", db1)
