@@ -240,6 +240,16 @@ def cancel(ctx: typer.Context, request_id: str, comment: CommentOpt = None) -> N
     _review(ctx, request_id, "cancel", comment)
 
 
+def _list(
+    ctx: typer.Context, path: str, status: str | None, mine: bool, limit: int, table: Any
+) -> None:
+    c = _ctx(ctx)
+    params: dict[str, Any] = {"mine": mine, "limit": limit}
+    if status:
+        params["status"] = status
+    c.emit(c.client().call("GET", path, params=params), table)
+
+
 @requests_app.callback()
 def requests_list(
     ctx: typer.Context,
@@ -248,14 +258,8 @@ def requests_list(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
     """List access requests you can see (yours, those you review; admins: all)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    c = _ctx(ctx)
-    params: dict[str, Any] = {"mine": mine, "limit": limit}
-    if status:
-        params["status"] = status
-    data = c.client().call("GET", "/v1/requests", params=params)
-    c.emit(data, render.request_table)
+    if ctx.invoked_subcommand is None:
+        _list(ctx, "/v1/requests", status, mine, limit, render.request_table)
 
 
 @requests_app.command("show")
@@ -274,13 +278,8 @@ def grants_list(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
     """List grants (admins: all; others: their own)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    c = _ctx(ctx)
-    params: dict[str, Any] = {"mine": mine, "limit": limit}
-    if status:
-        params["status"] = status
-    c.emit(c.client().call("GET", "/v1/grants", params=params), render.grant_table)
+    if ctx.invoked_subcommand is None:
+        _list(ctx, "/v1/grants", status, mine, limit, render.grant_table)
 
 
 def _end(ctx: typer.Context, grant_id: str, action: str) -> None:

@@ -155,6 +155,25 @@ def build_certificate(
     return cert.public_bytes().decode() + f" {spec.key_id}"
 
 
+def _ssh_keygen(what: str, *args: str) -> str:
+    """Run ``ssh-keygen`` with ``args``; return its standard output.
+
+    Raises:
+        ProviderError: it failed or timed out (retryable: the file system may recover).
+    """
+    try:
+        result = subprocess.run(
+            ["ssh-keygen", *args], capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProviderError(f"ssh-keygen could not {what}: {exc}", retryable=True) from exc
+    if result.returncode != 0:
+        raise ProviderError(
+            f"ssh-keygen could not {what}: {result.stderr.strip()[:200]}", retryable=True
+        )
+    return result.stdout
+
+
 class SshCertificateProvider:
     """:class:`keyturn.ports.Provider` for OpenSSH user certificates.
 
@@ -265,18 +284,9 @@ class SshCertificateProvider:
                 spec = Path(tmp) / "spec"
                 spec.write_text("".join(f"serial: {s}\n" for s in serials))
                 out = Path(tmp) / "krl"
-                result = subprocess.run(
-                    ["ssh-keygen", "-q", "-k", "-f", str(out), "-s", str(self._ca_pub), str(spec)],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                    timeout=30,
+                _ssh_keygen(
+                    "write the KRL", "-q", "-k", "-f", str(out), "-s", str(self._ca_pub), str(spec)
                 )
-                if result.returncode != 0:
-                    raise ProviderError(
-                        f"ssh-keygen could not write the KRL: {result.stderr.strip()[:200]}",
-                        retryable=True,
-                    )
                 os.chmod(out, 0o644)
                 os.replace(out, self.krl_path)
             self._krl_serials = serials
@@ -287,19 +297,9 @@ class SshCertificateProvider:
         Raises:
             ProviderError: the file cannot be read or parsed (retryable).
         """
-        result = subprocess.run(
-            ["ssh-keygen", "-Q", "-l", "-f", str(self.krl_path)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
-        if result.returncode != 0:
-            raise ProviderError(
-                f"cannot read the KRL: {result.stderr.strip()[:200]}", retryable=True
-            )
+        listing = _ssh_keygen("read the KRL", "-Q", "-l", "-f", str(self.krl_path))
         ranges = []
-        for line in result.stdout.splitlines():
+        for line in listing.splitlines():
             match = _SERIAL_LINE.match(line.strip())
             if match:
                 low = int(match.group(1))

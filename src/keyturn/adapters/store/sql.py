@@ -302,7 +302,7 @@ class SqlTx:
             )
             .order_by(t.grants.c.not_after)
             .limit(limit)
-            .with_for_update()
+            .with_for_update(skip_locked=True)
         )
         return [_grant(r) for r in self._c.execute(q)]
 
@@ -313,7 +313,7 @@ class SqlTx:
             .where(t.grants.c.status.in_([str(s) for s in states]))
             .order_by(t.grants.c.updated_at)
             .limit(limit)
-            .with_for_update()
+            .with_for_update(skip_locked=True)
         )
         return [_grant(r) for r in self._c.execute(q)]
 
@@ -341,7 +341,7 @@ class SqlTx:
                     ]
                 ),
                 t.grants.c.end_reason.in_([str(EndReason.RELEASED), str(EndReason.REVOKED)]),
-                t.grants.c.not_after >= now,
+                t.grants.c.not_after > now,
             )
             .order_by(t.grants.c.serial)
         )
