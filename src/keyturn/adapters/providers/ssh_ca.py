@@ -221,9 +221,7 @@ class SshCertificateProvider:
         spec = CertificateSpec(
             serial=grant.serial,
             key_id=key_id(grant),
-            principals=render_principals(
-                role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
-            ),
+            principals=self._principals(grant),
             valid_after=grant.not_before - self._skew,
             valid_before=grant.not_after,
             options=role.ssh,
@@ -236,7 +234,10 @@ class SshCertificateProvider:
         text = grant.credentials.get("ssh_certificate")
         if not text:
             return False
-        cert = load_ssh_public_identity(text.encode())
+        try:
+            cert = load_ssh_public_identity(text.encode())
+        except (ValueError, UnsupportedAlgorithm):
+            return False
         if not isinstance(cert, SSHCertificate):
             return False
         try:
@@ -251,6 +252,13 @@ class SshCertificateProvider:
             and cert.serial == grant.serial
             and cert.key_id == key_id(grant).encode()
             and cert.valid_before == int(grant.not_after.timestamp())
+            and cert.valid_principals == [p.encode() for p in self._principals(grant)]
+        )
+
+    def _principals(self, grant: Grant) -> list[str]:
+        role = self._roles[grant.role]
+        return render_principals(
+            role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
         )
 
     def revoke(self, grant: Grant, now: datetime) -> None:

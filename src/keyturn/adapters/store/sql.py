@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from keyturn.adapters.store import tables as t
-from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain, format_time
+from keyturn.domain.audit import AuditDraft, AuditEvent, chain, format_time
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.domain.model import (
     AccessRequest,
@@ -170,9 +171,24 @@ class SqlTx:
         self._c = conn
 
     # access requests -------------------------------------------------------------------------
+    def _insert(self, statement: sa.Insert, what: str) -> None:
+        """Insert in a savepoint; a unique-constraint violation becomes a Conflict."""
+        try:
+            with self._c.begin_nested():
+                self._c.execute(statement)
+        except IntegrityError as exc:
+            raise Conflict(f"{what} already exists") from exc
+
+    def _update(self, statement: sa.Update, what: str) -> None:
+        if self._c.execute(statement).rowcount == 0:
+            raise NotFound(f"no {what}")
+
     def add_request(self, request: AccessRequest) -> None:
-        """Insert a new access request."""
-        self._c.execute(t.access_requests.insert().values(**_request_row(request)))
+        """Insert a new access request; raises Conflict if the id exists."""
+        self._insert(
+            t.access_requests.insert().values(**_request_row(request)),
+            f"access request {request.id}",
+        )
 
     def get_request(self, request_id: str, *, lock: bool = False) -> AccessRequest:
         """The request; raises NotFound."""
@@ -184,10 +200,11 @@ class SqlTx:
 
     def save_request(self, request: AccessRequest) -> None:
         """Update status and time of an existing request."""
-        self._c.execute(
+        self._update(
             t.access_requests.update()
             .where(t.access_requests.c.id == request.id)
-            .values(status=str(request.status), updated_at=request.updated_at)
+            .values(status=str(request.status), updated_at=request.updated_at),
+            f"access request {request.id!r}",
         )
 
     def list_requests(
@@ -220,7 +237,7 @@ class SqlTx:
                 f"{review.reviewer_id} has already reviewed request {review.request_id}",
                 request_id=review.request_id,
             )
-        self._c.execute(
+        self._insert(
             t.reviews.insert().values(
                 id=review.id,
                 request_id=review.request_id,
@@ -228,7 +245,8 @@ class SqlTx:
                 verdict=str(review.verdict),
                 comment=review.comment,
                 created_at=review.created_at,
-            )
+            ),
+            f"a review by {review.reviewer_id} of request {review.request_id}",
         )
 
     def reviews(self, request_id: str) -> list[Review]:
@@ -252,8 +270,10 @@ class SqlTx:
 
     # grants ----------------------------------------------------------------------------------
     def add_grant(self, grant: Grant) -> None:
-        """Insert a new grant."""
-        self._c.execute(t.grants.insert().values(**_grant_row(grant)))
+        """Insert a new grant; raises Conflict if its id, request or serial exists."""
+        self._insert(
+            t.grants.insert().values(**_grant_row(grant)), f"a grant for {grant.request_id}"
+        )
 
     def get_grant(self, grant_id: str, *, lock: bool = False) -> Grant:
         """The grant; raises NotFound."""
@@ -267,7 +287,9 @@ class SqlTx:
         """Update an existing grant."""
         row = _grant_row(grant)
         del row["id"]
-        self._c.execute(t.grants.update().where(t.grants.c.id == grant.id).values(**row))
+        self._update(
+            t.grants.update().where(t.grants.c.id == grant.id).values(**row), f"grant {grant.id!r}"
+        )
 
     def grant_for_request(self, request_id: str) -> Grant | None:
         """The grant made from this request, if any."""
@@ -289,7 +311,7 @@ class SqlTx:
             q = q.where(t.grants.c.status == str(status))
         if user_id is not None:
             q = q.where(t.grants.c.user_id == user_id)
-        q = q.order_by(t.grants.c.created_at.desc(), t.grants.c.id).limit(limit)
+        q = q.order_by(t.grants.c.created_at.desc(), t.grants.c.id.desc()).limit(limit)
         return [_grant(r) for r in self._c.execute(q)]
 
     def claim_due_grants(self, now: datetime, limit: int) -> list[Grant]:
@@ -354,8 +376,8 @@ class SqlTx:
             sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
             .where(t.audit_head.c.id == 1)
             .with_for_update()
-        ).first()
-        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
+        ).one()
+        seq, prev = int(head.seq) + 1, str(head.hash)
         event = chain(seq, draft, prev)
         self._c.execute(
             t.audit_events.insert().values(
@@ -369,12 +391,9 @@ class SqlTx:
                 hash=event.hash,
             )
         )
-        if head is None:
-            self._c.execute(t.audit_head.insert().values(id=1, seq=seq, hash=event.hash))
-        else:
-            self._c.execute(
-                t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=event.hash)
-            )
+        self._c.execute(
+            t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=event.hash)
+        )
         return event
 
     def audit_events(self, *, after_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
@@ -399,8 +418,8 @@ class SqlTx:
             after = page[-1].seq
 
     def audit_head(self) -> tuple[int, str] | None:
-        """The head row's ``(seq, hash)``."""
+        """The head row's ``(seq, hash)``; None while the chain is empty."""
         row = self._c.execute(
             sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
         ).first()
-        return (int(row.seq), str(row.hash)) if row is not None else None
+        return (int(row.seq), str(row.hash)) if row is not None and row.seq > 0 else None
