@@ -156,7 +156,7 @@ class AccessRequest:
             raise Conflict(
                 f"access request {self.id} is {self.status}; it cannot become {to}",
                 request_id=self.id,
-                status=str(self.status),
+                state=str(self.status),
             )
         return dataclasses.replace(self, status=to, updated_at=now)
 
@@ -211,7 +211,7 @@ class Grant:
             raise Conflict(
                 f"grant {self.id} is {self.status}; it cannot become {to}",
                 grant_id=self.id,
-                status=str(self.status),
+                state=str(self.status),
             )
         return dataclasses.replace(self, status=to, updated_at=now, **changes)
 

@@ -68,10 +68,19 @@ class Ctx:
 
     def __init__(self, url: str | None, token: str | None, output: Output) -> None:
         self.url, self.token, self.output = url, token, output
+        self._client: Client | None = None
 
     def client(self) -> Client:
-        """An API client with the resolved settings."""
-        return Client(resolve(self.url, self.token))
+        """The API client for this invocation (created once, closed by :meth:`close`)."""
+        if self._client is None:
+            self._client = Client(resolve(self.url, self.token))
+        return self._client
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def emit(self, data: Any, table: Any) -> None:
         """JSON for scripts, the rendered table for people."""
@@ -92,6 +101,7 @@ def main_options(
 ) -> None:
     """Keyturn command line."""
     ctx.obj = Ctx(url, token, output)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _ctx(ctx: typer.Context) -> Ctx:

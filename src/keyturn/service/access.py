@@ -192,7 +192,7 @@ def review(
                 f"access request {request_id} is {request.status}; only pending requests can be "
                 "reviewed",
                 request_id=request_id,
-                status=str(request.status),
+                state=str(request.status),
             )
         if not request.decision.approvers.includes(reviewer.id, reviewer.groups):
             raise Forbidden(

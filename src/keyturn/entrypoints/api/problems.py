@@ -26,10 +26,14 @@ STATUS: list[tuple[type[e.KeyturnError], int, str]] = [
 ]
 
 
+RESERVED = frozenset({"type", "title", "status", "detail", "instance"})
+
+
 def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """Build an RFC 9457 response. Extension members must not carry secrets."""
-    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
-    body.update(extra)
+    """Build an RFC 9457 response. Extension members must not carry secrets; members that
+    would shadow the standard ones (RFC 9457 §3.1) are dropped."""
+    body: dict[str, Any] = {k: v for k, v in extra.items() if k not in RESERVED}
+    body.update(type=PROBLEM_BASE + slug, title=title, status=status, detail=detail)
     headers = {"WWW-Authenticate": 'Bearer realm="keyturn"'} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
