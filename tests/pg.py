@@ -54,25 +54,61 @@ class PgCluster:
             shutil.chown(root, "postgres", "postgres")
         bins = bindir()
         subprocess.run(
-            [*cluster._as_owner(), str(bins / "initdb"), "-D", str(root / "data"), "--no-sync",
-             "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-            check=True, capture_output=True,
+            [
+                *cluster._as_owner(),
+                str(bins / "initdb"),
+                "-D",
+                str(root / "data"),
+                "--no-sync",
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
         )
-        opts = (f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        opts = (
+            f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
         subprocess.run(
-            [*cluster._as_owner(), str(bins / "pg_ctl"), "-D", str(root / "data"), "-o", opts,
-             "-l", str(root / "log"), "-w", "-t", "30", "start"],
-            check=True, capture_output=True,
+            [
+                *cluster._as_owner(),
+                str(bins / "pg_ctl"),
+                "-D",
+                str(root / "data"),
+                "-o",
+                opts,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
         )
         return cluster
 
     def stop(self) -> None:
         """pg_ctl stop (fast) and remove the directory."""
         subprocess.run(
-            [*self._as_owner(), str(bindir() / "pg_ctl"), "-D", str(self.root / "data"),
-             "-m", "fast", "-w", "stop"],
-            check=False, capture_output=True,
+            [
+                *self._as_owner(),
+                str(bindir() / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            check=False,
+            capture_output=True,
         )
         shutil.rmtree(self.root, ignore_errors=True)
 

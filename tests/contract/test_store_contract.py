@@ -761,12 +761,6 @@ class TestPostgresConcurrency:
             f"user{t}" for t in range(threads) for _ in range(per_thread)
         )
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=sa.exc.IntegrityError,
-        reason="src bug: the audit_head row does not exist until the first append, so "
-        "SELECT ... FOR UPDATE locks nothing and two first appends both take seq 1",
-    )
     def test_first_appends_race_on_empty_chain(self, pg_store: SqlStore) -> None:
         """Two instances making the very first appends at once both succeed, as seqs 1 and 2."""
         first_appended, release = threading.Event(), threading.Event()
