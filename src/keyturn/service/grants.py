@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from keyturn.config import UserConfig
-from keyturn.domain.audit import AuditDraft
+from keyturn.domain.audit import AuditDraft, format_time
 from keyturn.domain.errors import Conflict, Forbidden, ProviderError
 from keyturn.domain.model import AccessRequest, EndReason, Grant, GrantStatus
 from keyturn.ports import StoreTx
@@ -66,8 +66,8 @@ def _window(grant: Grant) -> dict[str, object]:
         "role": grant.role,
         "target": grant.target,
         "provider": grant.provider,
-        "not_before": grant.not_before.isoformat(),
-        "not_after": grant.not_after.isoformat(),
+        "not_before": format_time(grant.not_before),
+        "not_after": format_time(grant.not_after),
         "serial": _serial(grant),
     }
 
