@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from keyturn.adapters.clock import SystemClock
 from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_create_ca
@@ -33,10 +33,13 @@ class App:
         self.store.close()
 
 
-def _revoked_serials(store: Store) -> Callable[[datetime], list[int]]:
+def _revoked_serials(store: Store, skew: timedelta) -> Callable[[datetime], list[int]]:
+    """Serials stay listed until ``not_after + skew``: a target whose clock is behind by up to
+    ``skew`` still accepts the certificate until then."""
+
     def read(now: datetime) -> list[int]:
         with store.transaction() as tx:
-            return tx.early_revoked_serials(now)
+            return tx.early_revoked_serials(now - skew)
 
     return read
 
@@ -69,7 +72,7 @@ def build(
         krl_path=krl_path,
         roles={r.name: r for r in config.roles},
         clock_skew=config.ssh_ca.clock_skew,
-        revoked_serials=_revoked_serials(store),
+        revoked_serials=_revoked_serials(store, config.ssh_ca.clock_skew),
     )
     ssh.ensure_krl(the_clock.now())
     providers: dict[str, Provider] = {"ssh": ssh, **(extra_providers or {})}

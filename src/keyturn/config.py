@@ -235,6 +235,9 @@ class ServerConfig(_Strict):
     port: int = Field(default=8080, ge=1, le=65535)
     worker_max_sleep: Duration = timedelta(seconds=5)
     justification_max_length: int = Field(default=1000, ge=10, le=10000)
+    pending_ttl: Duration = Field(
+        default=timedelta(hours=1), description="unanswered requests expire after this"
+    )
 
 
 class KeyturnConfig(_Strict):

@@ -290,3 +290,110 @@ def test_every_step_is_in_a_verifying_chain(deps: Deps, clock: FakeClock) -> Non
     result = audit_log.verify(deps)
     assert result.ok
     assert result.count == len(actions(deps)) >= 8
+
+
+def _reconfigure(deps: Deps, **update: object) -> None:
+    from keyturn.domain.policy import PolicyEngine
+
+    deps.config = deps.config.model_copy(update=update)
+    deps.policy = PolicyEngine(deps.config)
+
+
+def test_approval_rechecks_eligibility_in_force_now(deps: Deps, provider: FakeProvider) -> None:
+    """bob leaves the dba group while his request waits: carol's approval grants nothing."""
+    view = ask(deps, "bob", "db-schema-admin")
+    users = tuple(
+        u.model_copy(update={"groups": ()}) if u.id == "bob" else u for u in deps.config.users
+    )
+    _reconfigure(deps, users=users)
+    done = access.review(deps, user(deps, "carol"), view.request.id, Verdict.APPROVE, None)
+    assert done.request.status is RequestStatus.DENIED
+    assert done.grant is None
+    assert provider.held == set()
+    with deps.store.transaction() as tx:
+        last = tx.audit_events()[-1]
+    assert last.action == "request.denied"
+    assert "no longer eligible" in last.details["recheck"]
+
+
+def test_approval_rechecks_the_maximum_in_force_now(deps: Deps) -> None:
+    """The role's maximum shrank below the requested duration: approval denies, never clamps."""
+    view = ask(deps, "bob", "db-schema-admin", duration=timedelta(hours=2))
+    roles = tuple(
+        r.model_copy(
+            update={
+                "max_duration": timedelta(minutes=30),
+                "default_duration": timedelta(minutes=30),
+            }
+        )
+        if r.name == "db-schema-admin"
+        else r
+        for r in deps.config.roles
+    )
+    _reconfigure(deps, roles=roles)
+    done = access.review(deps, user(deps, "carol"), view.request.id, Verdict.APPROVE, None)
+    assert done.request.status is RequestStatus.DENIED
+    assert done.grant is None
+
+
+def test_unanswered_requests_expire_and_cannot_be_approved_late(
+    deps: Deps, clock: FakeClock
+) -> None:
+    """After server.pending_ttl (1 h) a pending request is expired; approving it is a conflict."""
+    view = ask(deps, "bob", "db-schema-admin")
+    clock.advance(timedelta(minutes=59))
+    assert access.expire_pending(deps) == []
+    clock.advance(timedelta(minutes=1))
+    [expired] = access.expire_pending(deps)
+    assert expired.status is RequestStatus.EXPIRED
+    with pytest.raises(Conflict):
+        access.review(deps, user(deps, "carol"), view.request.id, Verdict.APPROVE, None)
+    assert "request.expired" in actions(deps)
+
+
+def test_a_grant_whose_window_closed_before_granting_is_never_issued(
+    deps: Deps, clock: FakeClock, provider: FakeProvider
+) -> None:
+    """Reconcile after a long outage: the window is over, so the grant fails, nothing is held."""
+    provider.fail_grant = True
+    view = ask(deps, "alice", duration=timedelta(minutes=5))
+    assert view.grant is not None
+    with deps.store.transaction() as tx:
+        tx.save_grant(
+            dataclasses.replace(tx.get_grant(view.grant.id), status=GrantStatus.PROVISIONING)
+        )
+    provider.fail_grant = False
+    clock.advance(timedelta(minutes=10))
+    [result] = grants.reconcile(deps)
+    assert result.status is GrantStatus.FAILED
+    assert "window closed" in (result.last_error or "")
+    assert provider.held == set()
+
+
+def test_reconcile_leases_what_it_claims(
+    deps: Deps, clock: FakeClock, provider: FakeProvider
+) -> None:
+    """A claimed row is stamped, so a second instance right after does not take it over."""
+    grant = ask(deps, "alice").grant
+    assert grant is not None
+    provider.fail_revoke = True
+    grants.revoke(deps, user(deps, "sam"), grant.id)
+    clock.advance(timedelta(seconds=1))
+    provider.calls.clear()
+    assert len(grants.reconcile(deps)) == 1
+    assert grants.reconcile(deps) == []
+    assert provider.calls == [("revoke", grant.id)]
+
+
+def test_krl_keeps_early_ended_serials_for_the_clock_skew(deps: Deps, clock: FakeClock) -> None:
+    """A released certificate stays listed until not_after + skew (targets' clocks may lag)."""
+    from keyturn.bootstrap import _revoked_serials
+
+    grant = ask(deps, "alice", duration=timedelta(minutes=5)).grant
+    assert grant is not None
+    grants.release(deps, user(deps, "alice"), grant.id)
+    listed = _revoked_serials(deps.store, timedelta(seconds=30))
+    clock.set(grant.not_after + timedelta(seconds=29))
+    assert listed(clock.now()) == [grant.serial]
+    clock.set(grant.not_after + timedelta(seconds=30))
+    assert listed(clock.now()) == []

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.bootstrap import App
 from keyturn.domain.errors import KeyturnError
-from keyturn.service import grants
+from keyturn.service import access, grants
 
 log = structlog.get_logger("keyturn.worker")
 MIN_SLEEP = timedelta(milliseconds=20)
@@ -27,6 +27,8 @@ def run_once(app: App, *, stale_after: timedelta = grants.STALE_AFTER) -> int:
     Returns:
         How many grants were acted on.
     """
+    for request in access.expire_pending(app.deps):
+        log.info("request expired unanswered", request_id=request.id, user=request.requester_id)
     expired = grants.expire_due(app.deps)
     fixed = grants.reconcile(app.deps, stale_after=stale_after)
     app.ssh.ensure_krl(app.deps.clock.now())
@@ -45,15 +47,21 @@ def seconds_until_next(app: App) -> float:
 
 
 def run(app: App, stop: threading.Event) -> None:
-    """Loop until ``stop`` is set. Store or provider outages are logged and retried: the rows
-    stay in the store, so nothing is lost while the worker waits."""
+    """Loop until ``stop`` is set. Store or provider outages, and even bugs, are logged and the
+    pass is retried: the rows stay in the store, so nothing is lost while the worker waits."""
     log.info("worker started")
+    failures = 0
     while not stop.is_set():
         try:
             run_once(app)
             wait = seconds_until_next(app)
         except (KeyturnError, SQLAlchemyError) as exc:
+            failures += 1
             log.error("worker pass failed; retrying", error=str(exc)[:300], kind=type(exc).__name__)
+            wait = app.deps.config.server.worker_max_sleep.total_seconds()
+        except Exception:  # the worker must outlive any bug: rows stay in the store and retry
+            failures += 1
+            log.exception("worker pass crashed; retrying", failures=failures)
             wait = app.deps.config.server.worker_max_sleep.total_seconds()
         stop.wait(wait)
     log.info("worker stopped")

@@ -187,16 +187,14 @@ def review(
         request = tx.get_request(request_id, lock=True)
         if request.requester_id == reviewer.id:
             raise Forbidden("you cannot review your own access request", request_id=request_id)
+        if not request.decision.approvers.includes(reviewer.id, reviewer.groups):
+            raise Forbidden("you are not an approver of this request", request_id=request_id)
         if request.status is not RequestStatus.PENDING:
             raise Conflict(
                 f"access request {request_id} is {request.status}; only pending requests can be "
                 "reviewed",
                 request_id=request_id,
                 state=str(request.status),
-            )
-        if not request.decision.approvers.includes(reviewer.id, reviewer.groups):
-            raise Forbidden(
-                f"you are not an approver for rule {request.decision.rule}", request_id=request_id
             )
         tx.add_review(Review(deps.new_id("rev"), request_id, reviewer.id, verdict, note, now))
         sub = {"request_id": request_id, "user_id": request.requester_id}
@@ -210,19 +208,67 @@ def review(
             )
         )
         reviews = tx.reviews(request_id)
-        grant = None
+        grant, refusal = None, None
         if verdict is Verdict.DENY:
             request = request.transition(RequestStatus.DENIED, now)
         elif quorum_reached(request.decision.approvals, reviews):
-            request = request.transition(RequestStatus.APPROVED, now)
+            refusal = recheck(deps, request)
+            request = request.transition(
+                RequestStatus.DENIED if refusal else RequestStatus.APPROVED, now
+            )
         if request.status is not RequestStatus.PENDING:
             tx.save_request(request)
-            tx.append_audit(AuditDraft(now, reviewer.id, f"request.{request.status}", sub, {}))
+            details = {"recheck": refusal} if verdict is Verdict.APPROVE and refusal else {}
+            actor = "system:policy" if details else reviewer.id
+            tx.append_audit(AuditDraft(now, actor, f"request.{request.status}", sub, details))
         if request.status is RequestStatus.APPROVED:
             grant = grant_service.new_grant(deps, tx, request, now)
     if grant is not None:
         grant = grant_service.activate(deps, grant, request)
     return RequestView(request, reviews, grant)
+
+
+def recheck(deps: Deps, request: AccessRequest) -> str | None:
+    """Re-check a request against the configuration in force now, at the moment of approval.
+
+    The configuration may have changed since the request was decided (a restart, a reload): the
+    requester may have lost eligibility, the role may be gone or its maximum shortened.
+
+    Returns:
+        None if the request may still be granted, else the reason it may not.
+    """
+    user = deps.config.user(request.requester_id)
+    role = deps.config.role(request.role)
+    target = deps.config.target(request.target)
+    if user is None or role is None or target is None:
+        return "the requester, role or target no longer exists"
+    if not is_eligible(deps.config, user, role.name, target):
+        return f"{user.id} is no longer eligible for {role.name} on {target.name}"
+    if request.duration > role.max_duration:
+        return (
+            f"the duration is now above role {role.name}'s maximum of {humanize(role.max_duration)}"
+        )
+    return None
+
+
+def expire_pending(deps: Deps, *, limit: int = 500) -> list[AccessRequest]:
+    """Pending requests older than ``server.pending_ttl`` become ``expired`` (never approved late).
+
+    Returns:
+        The requests expired in this pass.
+    """
+    now = deps.clock.now()
+    cutoff = now - deps.config.server.pending_ttl
+    expired = []
+    with deps.store.transaction() as tx:
+        for request in tx.list_requests(status=RequestStatus.PENDING, limit=limit):
+            if request.created_at <= cutoff:
+                done = request.transition(RequestStatus.EXPIRED, now)
+                tx.save_request(done)
+                sub = {"request_id": done.id, "user_id": done.requester_id}
+                tx.append_audit(AuditDraft(now, "system:worker", "request.expired", sub, {}))
+                expired.append(done)
+    return expired
 
 
 def cancel(deps: Deps, actor: UserConfig, request_id: str, comment: str | None) -> RequestView:

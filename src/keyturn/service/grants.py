@@ -10,7 +10,7 @@ an audit event), never swallowed, and retried by the worker.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from keyturn.config import UserConfig
@@ -21,7 +21,7 @@ from keyturn.ports import StoreTx
 from keyturn.service.deps import Deps
 
 SYSTEM_WORKER = "system:worker"
-STALE_AFTER = timedelta(seconds=30)
+STALE_AFTER = timedelta(seconds=60)
 """A ``provisioning`` or ``revoking`` row untouched this long is taken over by reconciliation."""
 
 RETRY_BASE = timedelta(seconds=1)
@@ -39,7 +39,9 @@ def new_grant(deps: Deps, tx: StoreTx, request: AccessRequest, now: datetime) ->
     The window starts now (activation), not at request time.
     """
     role = deps.config.role(request.role)
-    provider = role.provider if role else "ssh"
+    if role is None:
+        raise ProviderError(f"role {request.role!r} is not configured", retryable=False)
+    provider = role.provider
     grant = Grant(
         id=deps.new_id("grt"),
         request_id=request.id,
@@ -86,6 +88,10 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest) -> Grant:
     """
     provider = deps.provider(grant.provider)
     try:
+        if deps.clock.now() >= grant.not_after:
+            raise ProviderError(
+                "the window closed before the privilege was granted", retryable=False
+            )
         credentials = provider.grant(grant, request)
         candidate = dataclasses.replace(grant, credentials=credentials)
         if not provider.verify_granted(candidate):
@@ -224,7 +230,18 @@ def expire_due(deps: Deps, *, limit: int = 500) -> list[Grant]:
             _mark_revoking(tx, g, EndReason.EXPIRED, SYSTEM_WORKER, now)
             for g in tx.claim_due_grants(now, limit)
         ]
-    return [finish_revoke(deps, g) for g in claimed]
+    return _each(claimed, lambda g: finish_revoke(deps, g))
+
+
+def _each(grants: list[Grant], step: Callable[[Grant], Grant]) -> list[Grant]:
+    """Run ``step`` per grant; one grant another instance finished first never blocks the rest."""
+    done = []
+    for grant in grants:
+        try:
+            done.append(step(grant))
+        except Conflict:
+            continue  # another worker or the API moved this grant on; nothing left to do here
+    return done
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -240,6 +257,9 @@ def reconcile(deps: Deps, *, stale_after: timedelta = STALE_AFTER, limit: int = 
     * ``revoking`` rows older than ``stale_after``: revoke again and verify.
     * ``revoke_failed`` rows whose backoff has passed: revoke again and verify.
 
+    Claimed rows get ``updated_at = now`` (a lease) in the claiming transaction, so another
+    instance does not take them over while this one works on them.
+
     Returns:
         The grants acted on, as committed.
     """
@@ -251,14 +271,17 @@ def reconcile(deps: Deps, *, stale_after: timedelta = STALE_AFTER, limit: int = 
     )
     with deps.store.transaction() as tx:
         due = [g for g in tx.claim_grants_in(states, limit) if _retry_due(g, now, stale_after)]
-        work = [(g, tx.get_request(g.request_id)) for g in due]
-    results = []
-    for grant, request in work:
+        leased = [dataclasses.replace(g, updated_at=now) for g in due]
+        for grant in leased:  # the lease: other instances see it fresh and leave it alone
+            tx.save_grant(grant)
+        requests = {g.id: tx.get_request(g.request_id) for g in leased}
+
+    def step(grant: Grant) -> Grant:
         if grant.status is GrantStatus.PROVISIONING:
-            results.append(activate(deps, grant, request))
-        else:
-            results.append(finish_revoke(deps, grant))
-    return results
+            return activate(deps, grant, requests[grant.id])
+        return finish_revoke(deps, grant)
+
+    return _each(leased, step)
 
 
 def _retry_due(grant: Grant, now: datetime, stale_after: timedelta) -> bool:

@@ -256,7 +256,9 @@ class SshCertificateProvider:
         )
 
     def _principals(self, grant: Grant) -> list[str]:
-        role = self._roles[grant.role]
+        role = self._roles.get(grant.role)
+        if role is None:
+            raise ProviderError(f"role {grant.role!r} is not configured", retryable=False)
         return render_principals(
             role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
         )
@@ -285,19 +287,27 @@ class SshCertificateProvider:
         Raises:
             ProviderError: ``ssh-keygen`` failed (retryable).
         """
-        serials = self._revoked_serials(now)
         with self._krl_lock:
-            self.krl_path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.krl_path.parent) as tmp:
-                spec = Path(tmp) / "spec"
-                spec.write_text("".join(f"serial: {s}\n" for s in serials))
-                out = Path(tmp) / "krl"
-                _ssh_keygen(
-                    "write the KRL", "-q", "-k", "-f", str(out), "-s", str(self._ca_pub), str(spec)
-                )
-                os.chmod(out, 0o644)
-                os.replace(out, self.krl_path)
+            serials = self._revoked_serials(now)  # read under the lock: no stale list wins
+            try:
+                self._write_krl_file(serials)
+            except OSError as exc:
+                raise ProviderError(
+                    f"cannot write the KRL: {exc.strerror}", retryable=True
+                ) from exc
             self._krl_serials = serials
+
+    def _write_krl_file(self, serials: list[int]) -> None:
+        self.krl_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.krl_path.parent) as tmp:
+            spec = Path(tmp) / "spec"
+            spec.write_text("".join(f"serial: {s}\n" for s in serials))
+            out = Path(tmp) / "krl"
+            _ssh_keygen(
+                "write the KRL", "-q", "-k", "-f", str(out), "-s", str(self._ca_pub), str(spec)
+            )
+            os.chmod(out, 0o644)
+            os.replace(out, self.krl_path)
 
     def read_krl_ranges(self) -> list[tuple[int, int]]:
         """Serial ranges (inclusive) listed in the KRL file, read back with ``ssh-keygen -Q -l``.

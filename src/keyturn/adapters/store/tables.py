@@ -42,7 +42,7 @@ access_requests = sa.Table(
     sa.Column("target", sa.String(64), nullable=False),
     sa.Column("duration_s", sa.Integer, nullable=False),
     sa.Column("justification", sa.Text, nullable=False),
-    sa.Column("ticket", sa.String(200)),
+    sa.Column("ticket", sa.Text),
     sa.Column("ssh_public_key", sa.Text),
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("decision", sa.JSON, nullable=False),
