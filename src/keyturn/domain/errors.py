@@ -14,9 +14,10 @@ errors into this tree (``raise ... from exc``); the API maps it to RFC 9457 prob
     ├── Forbidden             authenticated, but not allowed (e.g. self-approval)   (HTTP 403)
     ├── NotFound              no such request, grant, role or target                (HTTP 404)
     ├── Conflict              the state machine does not allow this transition      (HTTP 409)
-    ├── ProviderError         a provider could not grant, revoke or verify          (HTTP 502)
-    │                         ``retryable`` says whether trying again may succeed
-    └── AuditChainBroken      ``verify`` found an edited, deleted or reordered event
+    └── ProviderError         a provider could not grant, revoke or verify          (HTTP 502)
+                              ``retryable`` says whether trying again may succeed
+
+A broken audit chain is not an exception: ``verify`` returns a result naming the first bad event.
 
 Exceptions are data: they carry a message and fields, they never log.
 """
@@ -73,7 +74,3 @@ class ProviderError(KeyturnError):
     def __init__(self, message: str, *, retryable: bool, **details: object) -> None:
         super().__init__(message, retryable=retryable, **details)
         self.retryable = retryable
-
-
-class AuditChainBroken(KeyturnError):
-    """The audit chain does not verify. ``details['seq']`` is the first bad sequence number."""

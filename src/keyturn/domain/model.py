@@ -91,8 +91,6 @@ GRANT_TRANSITIONS: dict[GrantStatus, frozenset[GrantStatus]] = {
     GrantStatus.FAILED: frozenset(),
 }
 
-LIVE_GRANT_STATES = frozenset({GrantStatus.PROVISIONING, GrantStatus.ACTIVE})
-
 
 @dataclass(frozen=True)
 class Approvers:

@@ -22,7 +22,7 @@ from keyturn.domain.durations import parse_short_duration, to_iso_duration
 from keyturn.domain.errors import ConfigError, KeyturnError
 from keyturn.entrypoints import cli_render as render
 from keyturn.entrypoints.cli_client import Client, resolve
-from keyturn.entrypoints.cli_errors import EXIT_DENIED, exit_code
+from keyturn.entrypoints.cli_errors import EXIT_AUDIT_BROKEN, EXIT_DENIED, exit_code
 
 app = typer.Typer(
     name="keyturn",
@@ -344,7 +344,7 @@ def audit_verify(
         data = c.client().call("GET", "/v1/audit/verify")
     c.emit(data, render.verify)
     if not data["ok"]:
-        raise typer.Exit(8)
+        raise typer.Exit(EXIT_AUDIT_BROKEN)
 
 
 @audit_app.command("list")

@@ -17,7 +17,6 @@ import typer
 import yaml
 
 from keyturn.domain.errors import (
-    AuditChainBroken,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -106,8 +105,6 @@ def _error(response: httpx.Response) -> KeyturnError:
         detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
     except ValueError:
         detail = response.text[:200] or response.reason_phrase
-    if response.status_code == 500 and "audit" in detail:
-        return AuditChainBroken(detail)
     cls = _BY_STATUS.get(response.status_code, KeyturnError)
     if cls is ProviderError:
         return ProviderError(detail, retryable=True)

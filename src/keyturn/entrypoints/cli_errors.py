@@ -11,7 +11,7 @@ code  meaning
 5     not found
 6     conflict (state does not allow it)
 7     the policy denied the access request
-8     the audit chain does not verify
+8     the audit chain does not verify (``audit verify``)
 9     the Keyturn server cannot be reached
 10    configuration invalid
 ====  =====================================================
@@ -31,7 +31,6 @@ _CODES: list[tuple[type[e.KeyturnError], int]] = [
     (e.Forbidden, 4),
     (e.NotFound, 5),
     (e.Conflict, 6),
-    (e.AuditChainBroken, EXIT_AUDIT_BROKEN),
     (ServerUnreachable, 9),
     (e.ConfigError, 10),
     (e.ProviderError, 1),

@@ -47,6 +47,13 @@ class Server:
         web = threading.Thread(target=self.uvicorn.run, name="keyturn-api", daemon=True)
         web.start()
         self._threads.append(web)
+        self._start_worker()
+        while not self.uvicorn.started:
+            if not web.is_alive():
+                raise RuntimeError("the API server failed to start (is the port free?)")
+            self.stop_event.wait(0.01)
+
+    def _start_worker(self) -> None:
         if self._with_worker:
             work = threading.Thread(
                 target=worker.run,
@@ -56,10 +63,6 @@ class Server:
             )
             work.start()
             self._threads.append(work)
-        while not self.uvicorn.started:
-            if not web.is_alive():
-                raise RuntimeError("the API server failed to start (is the port free?)")
-            self.stop_event.wait(0.01)
 
     def stop(self) -> None:
         """Stop the worker and the API and wait for both."""
@@ -69,15 +72,9 @@ class Server:
             thread.join(timeout=10)
 
     def serve_forever(self) -> None:
-        """Run until interrupted (SIGINT/SIGTERM handled by uvicorn)."""
-        work = threading.Thread(
-            target=worker.run, args=(self.app, self.stop_event), name="keyturn-worker", daemon=True
-        )
-        if self._with_worker:
-            work.start()
+        """Run in this thread until interrupted (SIGINT/SIGTERM handled by uvicorn)."""
+        self._start_worker()
         try:
             self.uvicorn.run()
         finally:
-            self.stop_event.set()
-            if self._with_worker:
-                work.join(timeout=10)
+            self.stop()

@@ -342,11 +342,3 @@ def list_grants(
     own = mine or not deps.is_admin(viewer)
     with deps.store.transaction() as tx:
         return tx.list_grants(status=status, user_id=viewer.id if own else None, limit=limit)
-
-
-def find_user(deps: Deps, user_id: str) -> UserConfig:
-    """The configured user with exactly this id. Raises NotFound."""
-    user = deps.config.user(user_id)
-    if user is None:
-        raise NotFound(f"unknown user {user_id!r}")
-    return user

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from keyturn.config import UserConfig
 from keyturn.domain.audit import AuditDraft, AuditEvent, VerifyResult, verify_chain
-from keyturn.domain.errors import Forbidden
 from keyturn.service.deps import Deps
 
 
@@ -32,9 +31,3 @@ def record(deps: Deps, actor: str, action: str, details: dict[str, object]) -> A
     """Append a system event (server started, configuration loaded …)."""
     with deps.store.transaction() as tx:
         return tx.append_audit(AuditDraft(deps.clock.now(), actor, action, {}, details))
-
-
-def require_admin(deps: Deps, user: UserConfig) -> None:
-    """Raises Forbidden unless the user is an admin."""
-    if not deps.is_admin(user):
-        raise Forbidden("this needs an admin")

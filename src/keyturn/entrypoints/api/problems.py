@@ -21,7 +21,6 @@ STATUS: list[tuple[type[e.KeyturnError], int, str]] = [
     (e.Forbidden, 403, "forbidden"),
     (e.NotFound, 404, "not-found"),
     (e.Conflict, 409, "conflict"),
-    (e.AuditChainBroken, 500, "audit-chain-broken"),
     (e.ProviderError, 502, "provider-error"),
 ]
 
