@@ -668,6 +668,31 @@ def _wait_for_lock_waiter(store: SqlStore) -> None:
 class TestPostgresConcurrency:
     """Row locks keep instances from double-claiming grants or forking the audit chain."""
 
+    @staticmethod
+    def _claim_while_held(store: SqlStore, *, first_limit: int) -> tuple[list[str], list[str]]:
+        """A first transaction claims up to ``first_limit`` due grants and holds them open while a
+        second one claims up to 50; returns both claims."""
+        first_holds, second_done = threading.Event(), threading.Event()
+
+        def first() -> list[str]:
+            with store.transaction() as tx:
+                ids = [g.id for g in tx.claim_due_grants(T0, first_limit)]
+                first_holds.set()
+                assert second_done.wait(WAIT), "second claimer never finished"
+            return ids
+
+        def second() -> list[str]:
+            assert first_holds.wait(WAIT), "first claimer never claimed"
+            try:
+                with store.transaction() as tx:
+                    return [g.id for g in tx.claim_due_grants(T0, 50)]
+            finally:
+                second_done.set()
+
+        with ThreadPoolExecutor(2) as pool:
+            a, b = pool.submit(first), pool.submit(second)
+            return a.result(timeout=2 * WAIT), b.result(timeout=2 * WAIT)
+
     def _due_grants(self, store: SqlStore, count: int) -> set[str]:
         grants = [a_grant(n, not_after=T0 - timedelta(seconds=n)) for n in range(1, count + 1)]
         add_grants(store, *grants)
@@ -676,26 +701,7 @@ class TestPostgresConcurrency:
     def test_claimed_due_grants_are_skipped_by_a_second_claimer(self, pg_store: SqlStore) -> None:
         """While one transaction holds its 50 claims, a second claimer gets none (SKIP LOCKED)."""
         all_ids = self._due_grants(pg_store, 50)
-        first_holds, second_done = threading.Event(), threading.Event()
-
-        def first() -> list[str]:
-            with pg_store.transaction() as tx:
-                ids = [g.id for g in tx.claim_due_grants(T0, 50)]
-                first_holds.set()
-                assert second_done.wait(WAIT), "second claimer never finished"
-            return ids
-
-        def second() -> list[str]:
-            assert first_holds.wait(WAIT), "first claimer never claimed"
-            try:
-                with pg_store.transaction() as tx:
-                    return [g.id for g in tx.claim_due_grants(T0, 50)]
-            finally:
-                second_done.set()
-
-        with ThreadPoolExecutor(2) as pool:
-            a, b = pool.submit(first), pool.submit(second)
-            claimed_a, claimed_b = a.result(timeout=2 * WAIT), b.result(timeout=2 * WAIT)
+        claimed_a, claimed_b = self._claim_while_held(pg_store, first_limit=50)
         assert set(claimed_a) == all_ids
         assert claimed_b == []
         assert len(claimed_a + claimed_b) == len(set(claimed_a + claimed_b))
@@ -705,26 +711,7 @@ class TestPostgresConcurrency:
     def test_partial_claims_split_the_due_grants(self, pg_store: SqlStore) -> None:
         """A first claim of 20 held open leaves exactly the other 30 to a second claimer."""
         all_ids = self._due_grants(pg_store, 50)
-        first_holds, second_done = threading.Event(), threading.Event()
-
-        def first() -> list[str]:
-            with pg_store.transaction() as tx:
-                ids = [g.id for g in tx.claim_due_grants(T0, 20)]
-                first_holds.set()
-                assert second_done.wait(WAIT), "second claimer never finished"
-            return ids
-
-        def second() -> list[str]:
-            assert first_holds.wait(WAIT), "first claimer never claimed"
-            try:
-                with pg_store.transaction() as tx:
-                    return [g.id for g in tx.claim_due_grants(T0, 50)]
-            finally:
-                second_done.set()
-
-        with ThreadPoolExecutor(2) as pool:
-            a, b = pool.submit(first), pool.submit(second)
-            claimed_a, claimed_b = a.result(timeout=2 * WAIT), b.result(timeout=2 * WAIT)
+        claimed_a, claimed_b = self._claim_while_held(pg_store, first_limit=20)
         # due earliest first: grt_0050 has the earliest not_after
         assert claimed_a == [f"grt_{n:04d}" for n in range(50, 30, -1)]
         assert len(claimed_b) == 30

@@ -105,6 +105,21 @@ def request_args(pubkey_path: Path, role: str = "server-admin", duration: str = 
     ]
 
 
+def pending_request_as_bob(url: str, pubkey_path: Path) -> Any:
+    """bob files a high-tier request (pending review) through the CLI; returns its JSON."""
+    return json.loads(
+        succeeded(
+            cli(
+                url,
+                "bob",
+                "--output",
+                "json",
+                *request_args(pubkey_path, role="db-schema-admin", duration="1h"),
+            )
+        )
+    )
+
+
 def test_console_script_is_installed() -> None:
     """The console script the exit-code tests rely on exists next to the interpreter."""
     assert KEYTURN.is_file()
@@ -156,17 +171,7 @@ def test_review_flow_and_certificate_command(
     live_server: str, pubkey_path: Path, tmp_path: Path
 ) -> None:
     """Bob's pending request is approved by carol via the CLI; `certificate` fetches the cert."""
-    made = json.loads(
-        succeeded(
-            cli(
-                live_server,
-                "bob",
-                "--output",
-                "json",
-                *request_args(pubkey_path, role="db-schema-admin", duration="1h"),
-            )
-        )
-    )
+    made = pending_request_as_bob(live_server, pubkey_path)
     assert made["status"] == "pending"
     assert not pubkey_path.with_name("id_ed25519-cert.pub").exists()
     approved = json.loads(
@@ -225,17 +230,7 @@ def test_denied_request_exits_7(live_server: str, pubkey_path: Path) -> None:
 
 def test_self_approval_exits_4(live_server: str, pubkey_path: Path) -> None:
     """Bob approving his own request exits 4 (forbidden) and the request stays pending."""
-    made = json.loads(
-        succeeded(
-            cli(
-                live_server,
-                "bob",
-                "--output",
-                "json",
-                *request_args(pubkey_path, role="db-schema-admin", duration="1h"),
-            )
-        )
-    )
+    made = pending_request_as_bob(live_server, pubkey_path)
     proc = run("approve", made["id"], url=live_server, user="bob")
     assert proc.returncode == 4, (proc.stdout, proc.stderr)
     assert "own" in proc.stderr
@@ -247,17 +242,7 @@ def test_self_approval_exits_4(live_server: str, pubkey_path: Path) -> None:
 
 def test_conflict_exits_6(live_server: str, pubkey_path: Path) -> None:
     """Carol approving an already approved request exits 6 (conflict)."""
-    made = json.loads(
-        succeeded(
-            cli(
-                live_server,
-                "bob",
-                "--output",
-                "json",
-                *request_args(pubkey_path, role="db-schema-admin", duration="1h"),
-            )
-        )
-    )
+    made = pending_request_as_bob(live_server, pubkey_path)
     succeeded(cli(live_server, "carol", "approve", made["id"]))
     proc = run("approve", made["id"], url=live_server, user="carol")
     assert proc.returncode == 6, (proc.stdout, proc.stderr)

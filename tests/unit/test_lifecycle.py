@@ -370,10 +370,10 @@ def test_a_grant_whose_window_closed_before_granting_is_never_issued(
     assert provider.held == set()
 
 
-def test_reconcile_leases_what_it_claims(
+def test_reconcile_retries_a_failed_revoke_once_per_backoff_window(
     deps: Deps, clock: FakeClock, provider: FakeProvider
 ) -> None:
-    """A claimed row is stamped, so a second instance right after does not take it over."""
+    """Two reconcile passes in a row call the provider once: the retry waits for its backoff."""
     grant = ask(deps, "alice").grant
     assert grant is not None
     provider.fail_revoke = True
