@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMPS := .make-stamps
 
-.PHONY: demo test lint format bench bench-smoke sysdeps-demo sysdeps-test venv clean
+.PHONY: demo test lint format bench bench-smoke sysdeps-build sysdeps-demo sysdeps-test venv clean
 
 demo: sysdeps-demo venv
 	$(BIN)/keyturn demo
@@ -21,13 +21,16 @@ format: venv
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+sysdeps-build:
+	@scripts/system-deps.sh build
+
 sysdeps-demo:
 	@scripts/system-deps.sh demo
 
 sysdeps-test:
 	@scripts/system-deps.sh test
 
-venv: $(STAMPS)/venv
+venv: sysdeps-build $(STAMPS)/venv
 
 $(STAMPS)/venv: pyproject.toml constraints.txt
 	@mkdir -p $(STAMPS)

@@ -13,6 +13,7 @@ import yaml
 
 from keyturn.config import LoadedConfig, parse_config
 from keyturn.domain.policy import PolicyEngine
+from keyturn.lab import Slapd, example_directory
 from keyturn.service.deps import Deps
 from keyturn.testing import FakeClock, FakeProvider, InMemoryStore
 from tests.pg import PgCluster
@@ -20,17 +21,51 @@ from tests.pg import PgCluster
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
 USERS = ("alice", "bob", "carol", "dave", "mallory", "sam")
 TOKENS = {u: f"test-token-{u}" for u in USERS}
+LDAP_PASSWORD_ENV = "KEYTURN_LDAP_PASSWORD"  # examples/keyturn.yaml: ldap.bind_password_env
 
 
-def example_data(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    """The example configuration with test tokens and paths inside ``tmp_path``."""
+def example_data(
+    tmp_path: Path, *, ldap_url: str | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The example configuration with test tokens and paths inside ``tmp_path``.
+
+    Without ``ldap_url`` the directory parts (the ``ldap`` section, its roles and eligibility)
+    are left out, so tests that need no directory start none; with it, they point at that slapd.
+    """
     data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     data["store"] = {"url": f"sqlite:///{tmp_path / 'keyturn.db'}"}
     data["ssh_ca"] = {"key_path": str(tmp_path / "ca" / "user_ca")}
     for user in data["users"]:
         user["token_sha256"] = hashlib.sha256(TOKENS[user["id"]].encode()).hexdigest()
+    if ldap_url is None:
+        without_directory(data)
+    else:
+        data["ldap"]["url"] = ldap_url
     data.update(overrides)
     return data
+
+
+def without_directory(data: dict[str, Any]) -> None:
+    """Drop the ``ldap`` section and everything that refers to it."""
+    ldap_roles = {r["name"] for r in data["roles"] if r.get("provider") == "ldap"}
+    data.pop("ldap", None)
+    data["roles"] = [r for r in data["roles"] if r["name"] not in ldap_roles]
+    for rule in data["eligibility"]:
+        rule["roles"] = [r for r in rule["roles"] if r not in ldap_roles]
+    data["eligibility"] = [rule for rule in data["eligibility"] if rule["roles"]]
+
+
+@pytest.fixture
+def slapd(tmp_path: Path) -> Iterator[Slapd]:
+    """A real OpenLDAP slapd on a free loopback port, seeded for the example configuration."""
+    server = example_directory(tmp_path / "slapd")
+    yield server
+    server.stop()
+
+
+def ldap_env(server: Slapd) -> dict[str, str]:
+    """The environment carrying the directory bind password, as ``ldap.bind_password_env``."""
+    return {LDAP_PASSWORD_ENV: server.service_password}
 
 
 def load(data: dict[str, Any]) -> LoadedConfig:

@@ -21,6 +21,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import ldap
+import ldap.dn
 import yaml
 from pydantic import (
     BaseModel,
@@ -82,6 +84,17 @@ class UserConfig(_Strict):
     token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
         default=None, description="SHA-256 (hex) of the user's API token; never the token"
     )
+    directory_login: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="the user's login in the directory (uid, sAMAccountName); default: id",
+    )
+
+    @property
+    def login_in_directory(self) -> str:
+        """The value searched for in ``ldap.users.attribute`` (escaped per RFC 4515 at use)."""
+        return self.directory_login or self.id
 
 
 class TargetConfig(_Strict):
@@ -128,6 +141,45 @@ class SshRoleConfig(_Strict):
         return value
 
 
+def _dn(value: object) -> str:
+    """A distinguished name, checked to parse per RFC 4514 (``ldap.dn.str2dn``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a distinguished name such as 'cn=db-admins,ou=groups,dc=x'")
+    try:
+        parsed = ldap.dn.str2dn(value)
+    except ldap.DECODING_ERROR as exc:
+        raise ValueError(f"{value!r} is not a valid DN (RFC 4514)") from exc
+    if not parsed:
+        raise ValueError("the DN is empty")
+    return value
+
+
+DistinguishedName = Annotated[
+    str,
+    BeforeValidator(_dn),
+    WithJsonSchema({"type": "string", "examples": ["cn=db-admins,ou=groups,dc=example,dc=org"]}),
+]
+
+
+def normalize_dn(dn: str) -> str:
+    """A DN in one canonical spelling for comparisons: parsed (RFC 4514), attribute types and
+    values lower-cased, re-serialised. Names in directories compare case-insensitively
+    (``distinguishedNameMatch`` over ``caseIgnoreMatch`` attributes such as cn, uid, ou, dc).
+
+    Raises:
+        ldap.DECODING_ERROR: not a DN.
+    """
+    rdns = ldap.dn.str2dn(dn)
+    lowered = [[(t.lower(), v.lower(), kind) for t, v, kind in rdn] for rdn in rdns]
+    return str(ldap.dn.dn2str(lowered))
+
+
+class LdapRoleConfig(_Strict):
+    """The directory group a role's grant adds the user to (must be on ``ldap.groups``)."""
+
+    group: DistinguishedName
+
+
 class RoleConfig(_Strict):
     """A named privilege with a tier, durations and a provider binding."""
 
@@ -135,9 +187,13 @@ class RoleConfig(_Strict):
     description: str = ""
     tier: Name = "standard"
     default_duration: Duration = timedelta(minutes=30)
-    max_duration: Duration = timedelta(hours=4)
-    provider: Literal["ssh"] = "ssh"
+    max_duration: Duration = Field(
+        default=timedelta(hours=4),
+        description="longest request, and longest total window including extensions",
+    )
+    provider: Literal["ssh", "ldap"] = "ssh"
     ssh: SshRoleConfig = SshRoleConfig()
+    ldap: LdapRoleConfig | None = None
 
 
 class TargetSelector(_Strict):
@@ -228,8 +284,76 @@ class SshCaConfig(_Strict):
     )
 
 
+class LdapUsersConfig(_Strict):
+    """How a Keyturn user is found in the directory: ``(&(objectClass=OC)(ATTR=login))``.
+
+    OpenLDAP: ``attribute: uid``; Active Directory: ``attribute: sAMAccountName`` and
+    ``object_class: user``. The login is escaped per RFC 4515 before it enters the filter.
+    """
+
+    base: DistinguishedName
+    attribute: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")] = "uid"
+    object_class: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")] = "person"
+    scope: Literal["one", "sub"] = "sub"
+
+
+class LdapGroupConfig(_Strict):
+    """A group Keyturn manages (the allowlist: roles may only name groups listed here).
+
+    ``member_attribute`` is ``member`` for ``groupOfNames`` (and AD groups), ``uniqueMember`` for
+    ``groupOfUniqueNames``. ``allow`` lists DNs that may be members without a grant (service and
+    break-glass accounts). ``mode: report`` reports other members as standing privileges;
+    ``enforce`` also removes them.
+    """
+
+    dn: DistinguishedName
+    member_attribute: Literal["member", "uniqueMember"] = "member"
+    mode: Literal["report", "enforce"] = "report"
+    allow: tuple[DistinguishedName, ...] = ()
+
+
+class LdapConfig(_Strict):
+    """The directory (OpenLDAP or Active Directory) the ``ldap`` provider writes to.
+
+    The bind password is never in this file: it is read from the environment variable named by
+    ``bind_password_env`` or from the file ``bind_password_file`` (which must not be readable by
+    group or others).
+    """
+
+    url: Annotated[str, Field(pattern=r"^ldaps?://[^/?#\s]+/?$")] = Field(
+        description="ldap://host:port or ldaps://host:port (LDAPS for Active Directory)"
+    )
+    start_tls: bool = False
+    ca_file: Path | None = None
+    bind_dn: DistinguishedName
+    bind_password_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
+    bind_password_file: Path | None = None
+    timeout: Duration = Field(
+        default=timedelta(seconds=5), description="connect and per-operation timeout"
+    )
+    users: LdapUsersConfig
+    groups: tuple[LdapGroupConfig, ...] = Field(min_length=1)
+
+    def group(self, dn: str) -> LdapGroupConfig | None:
+        """The allowlisted group with this DN (compared as normalised DNs), or None."""
+        wanted = normalize_dn(dn)
+        return next((g for g in self.groups if normalize_dn(g.dn) == wanted), None)
+
+
+class NotifierConfig(_Strict):
+    """Where alerts go besides the log: a webhook that receives JSON ``POST``s.
+
+    A token for the webhook comes from the environment variable ``webhook_token_env`` and is
+    sent as ``Authorization: Bearer``; URLs must not carry secrets.
+    """
+
+    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)] | None = None
+    webhook_token_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
+    timeout: Duration = timedelta(seconds=5)
+
+
 class ServerConfig(_Strict):
-    """Where ``keyturn serve`` listens, and the expiry worker's longest sleep."""
+    """Where ``keyturn serve`` listens, and the expiry worker's timings."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -237,6 +361,20 @@ class ServerConfig(_Strict):
     justification_max_length: int = Field(default=1000, ge=10, le=10000)
     pending_ttl: Duration = Field(
         default=timedelta(hours=1), description="unanswered requests expire after this"
+    )
+    stale_after: Duration = Field(
+        default=timedelta(seconds=60),
+        description="a provisioning/revoking row untouched this long is finished by reconciliation",
+    )
+    retry_initial: Duration = Field(
+        default=timedelta(seconds=1), description="first wait before a failed revocation is retried"
+    )
+    retry_max: Duration = Field(
+        default=timedelta(seconds=30), description="longest wait between revocation retries"
+    )
+    reconcile_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often the worker compares managed groups with grants",
     )
 
 
@@ -247,6 +385,8 @@ class KeyturnConfig(_Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     ssh_ca: SshCaConfig = SshCaConfig()
+    ldap: LdapConfig | None = None
+    notifier: NotifierConfig = NotifierConfig()
     admins: AdminsConfig = AdminsConfig()
     users: tuple[UserConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
@@ -385,6 +525,9 @@ def check_references(config: KeyturnConfig) -> None:
             raise _fail(f"roles[{i}].default_duration", "is longer than max_duration")
         if role.max_duration <= timedelta(0):
             raise _fail(f"roles[{i}].max_duration", "must be longer than zero")
+        _check_role_provider(config, role, f"roles[{i}]")
+    if config.ldap is not None:
+        _check_ldap(config.ldap)
     for i, rule in enumerate(config.eligibility):
         _known(rule.users, user_ids, f"eligibility[{i}].users", "user")
         _known(rule.roles, roles, f"eligibility[{i}].roles", "role")
@@ -396,6 +539,31 @@ def check_references(config: KeyturnConfig) -> None:
     _known(config.admins.users, user_ids, "admins.users", "user")
     for i, policy_rule in enumerate(config.policy.rules):
         _check_rule_approvers(policy_rule, f"policy.rules[{i}]", config, user_ids, groups)
+
+
+def _check_role_provider(config: KeyturnConfig, role: RoleConfig, path: str) -> None:
+    if role.provider != "ldap":
+        if role.ldap is not None:
+            raise _fail(f"{path}.ldap", "only a role with provider: ldap has an ldap section")
+        return
+    if role.ldap is None:
+        raise _fail(f"{path}.ldap", "a role with provider: ldap must name its group")
+    if config.ldap is None:
+        raise _fail(f"{path}.provider", "provider ldap needs a top-level 'ldap' section")
+    if config.ldap.group(role.ldap.group) is None:
+        raise _fail(
+            f"{path}.ldap.group",
+            f"group {role.ldap.group!r} is not on the allowlist ldap.groups; "
+            "Keyturn only writes to groups listed there",
+        )
+
+
+def _check_ldap(ldap_config: LdapConfig) -> None:
+    if (ldap_config.bind_password_env is None) == (ldap_config.bind_password_file is None):
+        raise _fail("ldap", "give exactly one of bind_password_env or bind_password_file")
+    if ldap_config.start_tls and ldap_config.url.startswith("ldaps://"):
+        raise _fail("ldap.start_tls", "ldaps:// is already TLS; start_tls is for ldap://")
+    _unique([normalize_dn(g.dn) for g in ldap_config.groups], "ldap.groups", "group DN")
 
 
 def _known(names: tuple[str, ...], known: set[str], path: str, what: str) -> None:

@@ -1,21 +1,33 @@
-"""Throwaway real OpenSSH servers and client calls, for ``keyturn demo`` and the tests.
+"""Throwaway real OpenSSH and OpenLDAP servers and client calls, for ``keyturn demo`` and tests.
 
 An sshd runs in the foreground (``sshd -D -e -f CONFIG``) on a free loopback port, trusting the
 Keyturn CA (``TrustedUserCAKeys``), mapping logins to principals (``AuthorizedPrincipalsFile``)
 and reading the KRL on every login (``RevokedKeys``). It runs as the current user and accepts
-logins only as that user. Nothing here talks beyond 127.0.0.1.
+logins only as that user.
+
+A slapd runs in the foreground (``slapd -d 0``) on a free loopback port with one mdb database,
+the memberof overlay and a Keyturn service account that may write group membership and nothing
+else. Nothing here talks beyond 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import base64
 import getpass
+import hashlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+import ldap
+import ldap.dn
+import ldap.ldapobject
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 
@@ -180,3 +192,359 @@ def ssh_login(
         timeout=timeout,
         check=False,
     )
+
+
+SLAPD_CANDIDATES = ("/usr/sbin/slapd", "/usr/local/libexec/slapd", "/usr/local/sbin/slapd")
+LDAP_MODULE_DIR = Path("/usr/lib/ldap")
+LDAP_SCHEMA_DIR = Path("/etc/ldap/schema")
+LDAP_SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
+MDB_MAXSIZE = 1 << 30  # bytes (1 GiB): the mdb map size, sparse on disk
+LDAP_TIMEOUT = 5.0  # seconds: connect and per-operation timeout of :meth:`Slapd.connect`
+GROUP_MEMBER_ATTRIBUTE = {"groupOfNames": "member", "groupOfUniqueNames": "uniqueMember"}
+
+
+def slapd_binary() -> str:
+    """Path of slapd. Raises FileNotFoundError with the install hint."""
+    for candidate in SLAPD_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("slapd")
+    if found:
+        return found
+    raise FileNotFoundError("slapd not found: apt-get install slapd ldap-utils")
+
+
+def ssha(password: str) -> str:
+    """``{SSHA}`` + base64(SHA-1(UTF-8 password + salt) + salt), with an 8-byte random salt.
+
+    The RFC 2307-style salted hash slapd checks natively; the clear password is never stored.
+    """
+    salt = os.urandom(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - the {SSHA} scheme
+    return "{SSHA}" + base64.b64encode(digest + salt).decode("ascii")
+
+
+def child_dn(attribute: str, value: str, parent: str) -> str:
+    """The DN ``attribute=value,parent`` with ``value`` escaped per RFC 4514 (any text)."""
+    rdn: list[tuple[str, str, int]] = [(attribute, value, ldap.AVA_STRING)]
+    return str(ldap.dn.dn2str([rdn, *ldap.dn.str2dn(parent)]))
+
+
+@dataclass
+class Slapd:
+    """A throwaway OpenLDAP server with one database under ``suffix``.
+
+    Layout: ``suffix`` (dcObject + organization), ``ou=people`` (inetOrgPerson users, RDN
+    ``uid``), ``ou=groups`` (groupOfNames / groupOfUniqueNames) and ``ou=services`` holding the
+    service account ``cn=keyturn`` (password ``service_password``). The root DN
+    ``cn=admin,<suffix>`` (password ``root_password``) bypasses all ACLs. ACLs: the service
+    account may write ``member`` / ``uniqueMember`` under ``ou=groups`` and only read
+    elsewhere; every bound identity may read (passwords excepted); anonymous may only bind.
+
+    Args:
+        workdir: a private directory for ``slapd.conf``, ``slapd.log``, the pid/args files and
+            the mdb database in ``data/`` (kept across :meth:`stop` / :meth:`start`).
+        suffix: the database suffix; its first RDN must be ``dc=`` or ``o=``.
+        port: the loopback TCP port (keep it to restart on the same URL).
+        root_password: the root DN's password (only its ``{SSHA}`` hash is written).
+        service_password: the service account's password (set when the data is first seeded).
+    """
+
+    workdir: Path
+    suffix: str = "dc=example,dc=org"
+    port: int = field(default_factory=free_port)
+    root_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    service_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        """``ldap://127.0.0.1:<port>``."""
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def root_dn(self) -> str:
+        """``cn=admin,<suffix>``: the rootdn, not subject to ACLs."""
+        return child_dn("cn", "admin", self.suffix)
+
+    @property
+    def service_dn(self) -> str:
+        """``cn=keyturn,ou=services,<suffix>``: Keyturn's own bind DN."""
+        return child_dn("cn", "keyturn", child_dn("ou", "services", self.suffix))
+
+    @property
+    def people_base(self) -> str:
+        """``ou=people,<suffix>``."""
+        return child_dn("ou", "people", self.suffix)
+
+    @property
+    def groups_base(self) -> str:
+        """``ou=groups,<suffix>``."""
+        return child_dn("ou", "groups", self.suffix)
+
+    def start(self, timeout: float = 10.0) -> Slapd:
+        """Write the config and start slapd; return once the root DN can bind.
+
+        On an empty ``data/`` directory the base entries and the service account are added
+        first; otherwise the existing data is served as is (a restart after :meth:`stop`).
+
+        Args:
+            timeout: seconds to wait for a successful bind.
+
+        Raises:
+            RuntimeError: slapd exited or did not accept a bind in time (with the log tail).
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        data = self.workdir / "data"
+        data.mkdir(mode=0o700, exist_ok=True)
+        data.chmod(0o700)
+        seed = not any(data.iterdir())
+        config = self.workdir / "slapd.conf"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._config_text(data))
+        self._log = (self.workdir / "slapd.log").open("ab")
+        self.process = subprocess.Popen(
+            [slapd_binary(), "-h", f"{self.url}/", "-f", str(config), "-d", "0"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            self._wait_ready(timeout)
+            if seed:
+                self._seed()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _config_text(self, data: Path) -> str:
+        groups, service = self.groups_base, self.service_dn
+        return "\n".join(
+            [
+                *(f"include {LDAP_SCHEMA_DIR / name}.schema" for name in LDAP_SCHEMAS),
+                f"modulepath {LDAP_MODULE_DIR}",
+                "moduleload back_mdb",
+                "moduleload memberof",
+                f"pidfile {self.workdir / 'slapd.pid'}",
+                f"argsfile {self.workdir / 'slapd.args'}",
+                "",
+                "database mdb",
+                f'suffix "{self.suffix}"',
+                f'rootdn "{self.root_dn}"',
+                f"rootpw {ssha(self.root_password)}",
+                f"directory {data}",
+                f"maxsize {MDB_MAXSIZE}",
+                "index objectClass eq",
+                "index uid eq",
+                "index member eq",
+                "index uniqueMember eq",
+                "overlay memberof",
+                "",
+                "access to attrs=userPassword",
+                "    by anonymous auth",
+                "    by * none",
+                f'access to dn.subtree="{groups}" attrs=member,uniqueMember',
+                f'    by dn.exact="{service}" write',
+                "    by users read",
+                "    by * none",
+                f'access to dn.subtree="{groups}" attrs=entry',
+                f'    by dn.exact="{service}" read',
+                "    by users read",
+                "    by anonymous auth",
+                "    by * none",
+                "access to *",
+                "    by users read",
+                "    by anonymous auth",
+                "    by * none",
+                "",
+            ]
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"slapd exited at start:\n{self.log_text()[-2000:]}")
+            try:
+                self.connect().unbind_s()
+                return
+            except ldap.LDAPError:
+                time.sleep(0.02)
+        raise RuntimeError(f"slapd did not start within {timeout}s:\n{self.log_text()[-2000:]}")
+
+    def _seed(self) -> None:
+        attribute, value, _ = ldap.dn.str2dn(self.suffix)[0][0]
+        top: list[tuple[str, list[bytes]]]
+        if attribute.lower() == "dc":
+            top = [("objectClass", [b"dcObject", b"organization"]), ("o", [value.encode()])]
+        elif attribute.lower() == "o":
+            top = [("objectClass", [b"organization"])]
+        else:
+            raise ValueError(f"suffix must start with dc= or o=: {self.suffix!r}")
+        ou = [("objectClass", [b"organizationalUnit"])]
+        conn = self.connect()
+        try:
+            conn.add_s(self.suffix, top)
+            for base in ("people", "groups", "services"):
+                conn.add_s(child_dn("ou", base, self.suffix), ou)
+            conn.add_s(
+                self.service_dn,
+                [
+                    ("objectClass", [b"applicationProcess", b"simpleSecurityObject"]),
+                    ("userPassword", [ssha(self.service_password).encode()]),
+                ],
+            )
+        finally:
+            conn.unbind_s()
+
+    def log_text(self) -> str:
+        """What slapd logged so far (all runs on this workdir)."""
+        path = self.workdir / "slapd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop slapd (SIGTERM, SIGKILL after 5 s) and wait for it; safe to call twice."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def connect(self, as_root: bool = True) -> ldap.ldapobject.LDAPObject:
+        """A new LDAPv3 connection bound as the root DN, or as the service account.
+
+        Timeouts (network and per operation) are :data:`LDAP_TIMEOUT` seconds; referrals are
+        not chased. The caller unbinds it (``unbind_s()``).
+
+        Raises:
+            ldap.LDAPError: e.g. ``ldap.SERVER_DOWN`` when slapd is stopped.
+        """
+        conn = ldap.initialize(self.url)
+        try:
+            conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
+            conn.set_option(ldap.OPT_REFERRALS, 0)
+            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, LDAP_TIMEOUT)
+            conn.set_option(ldap.OPT_TIMEOUT, LDAP_TIMEOUT)
+            if as_root:
+                conn.simple_bind_s(self.root_dn, self.root_password)
+            else:
+                conn.simple_bind_s(self.service_dn, self.service_password)
+        except BaseException:
+            conn.unbind_s()
+            raise
+        return conn
+
+    def add_user(self, uid: str, *, cn: str | None = None, mail: str | None = None) -> str:
+        """Add an inetOrgPerson ``uid=<uid>,ou=people,<suffix>`` (as root); return its DN.
+
+        ``uid`` may be any NUL-free text: the RDN is escaped per RFC 4514. ``cn`` defaults
+        to ``uid``; ``sn`` is the last word of ``cn``.
+        """
+        dn = child_dn("uid", uid, self.people_base)
+        common = cn if cn is not None else uid
+        surname = common.split()[-1] if common.split() else common
+        entry = [
+            ("objectClass", [b"inetOrgPerson"]),
+            ("uid", [uid.encode()]),
+            ("cn", [common.encode()]),
+            ("sn", [surname.encode()]),
+        ]
+        if mail is not None:
+            entry.append(("mail", [mail.encode()]))
+        self._add(dn, entry)
+        return dn
+
+    def add_group(self, cn: str, *, members: list[str], object_class: str = "groupOfNames") -> str:
+        """Add ``cn=<cn>,ou=groups,<suffix>`` (as root) with these member DNs; return its DN.
+
+        Args:
+            cn: the group's name (escaped per RFC 4514 in the DN).
+            members: member DNs, at least one (both object classes require a member).
+            object_class: ``groupOfNames`` (``member``) or ``groupOfUniqueNames``
+                (``uniqueMember``).
+
+        Raises:
+            ValueError: no members, or another object class.
+        """
+        attribute = GROUP_MEMBER_ATTRIBUTE.get(object_class)
+        if attribute is None:
+            raise ValueError(f"object_class must be one of {sorted(GROUP_MEMBER_ATTRIBUTE)}")
+        if not members:
+            raise ValueError(f"{object_class} needs at least one member")
+        dn = child_dn("cn", cn, self.groups_base)
+        self._add(
+            dn,
+            [
+                ("objectClass", [object_class.encode()]),
+                ("cn", [cn.encode()]),
+                (attribute, [member.encode() for member in members]),
+            ],
+        )
+        return dn
+
+    def _add(self, dn: str, entry: list[tuple[str, list[bytes]]]) -> None:
+        conn = self.connect()
+        try:
+            conn.add_s(dn, entry)
+        finally:
+            conn.unbind_s()
+
+    def members(self, group_dn: str) -> set[str]:
+        """The group's ``member`` and ``uniqueMember`` values, as stored (read as root).
+
+        slapd re-escapes DN values its own way (``a\\,b`` is stored as ``a\\2Cb``): compare them
+        parsed (``ldap.dn.str2dn``), not as strings.
+        """
+        return self._read(group_dn, ("member", "uniqueMember"))
+
+    def member_of(self, user_dn: str) -> set[str]:
+        """The user's ``memberOf`` values (operational, kept by the memberof overlay).
+
+        The overlay runs with its defaults: only ``groupOfNames`` / ``member`` is reflected,
+        not ``groupOfUniqueNames``.
+        """
+        return self._read(user_dn, ("memberOf",))
+
+    def _read(self, dn: str, attributes: tuple[str, ...]) -> set[str]:
+        conn = self.connect()
+        try:
+            found = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", list(attributes))
+        finally:
+            conn.unbind_s()
+        values: set[str] = set()
+        for _, entry in found:
+            for attribute, raw in entry.items():
+                if attribute.lower() in {a.lower() for a in attributes}:
+                    values.update(value.decode() for value in raw)
+        return values
+
+
+EXAMPLE_DIRECTORY_USERS = ("alice", "bob", "carol", "dave", "mallory", "sam", "svc-backup")
+"""Users of ``examples/keyturn.yaml`` plus the service account the example groups allowlist."""
+
+
+def example_directory(workdir: Path) -> Slapd:
+    """Start slapd on a fresh ``workdir`` seeded for ``examples/keyturn.yaml``; the caller stops it.
+
+    Users (inetOrgPerson under ``ou=people``): alice, bob, carol, dave, mallory, sam, svc-backup.
+    Groups under ``ou=groups``: ``db-admins`` (groupOfNames, member svc-backup) and
+    ``app-deployers`` (groupOfUniqueNames, uniqueMember svc-backup); both need one member.
+    """
+    slapd = Slapd(workdir).start()
+    try:
+        dns = {u: slapd.add_user(u, mail=f"{u}@example.org") for u in EXAMPLE_DIRECTORY_USERS}
+        slapd.add_group("db-admins", members=[dns["svc-backup"]])
+        slapd.add_group(
+            "app-deployers", members=[dns["svc-backup"]], object_class="groupOfUniqueNames"
+        )
+    except BaseException:
+        slapd.stop()
+        raise
+    return slapd

@@ -6,10 +6,11 @@ Each port has a real adapter (``keyturn.adapters``) and an in-memory fake
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from keyturn.domain.audit import AuditDraft, AuditEvent
 from keyturn.domain.model import (
@@ -18,6 +19,7 @@ from keyturn.domain.model import (
     GrantStatus,
     RequestStatus,
     Review,
+    StandingSnapshot,
 )
 
 
@@ -26,6 +28,20 @@ class Clock(Protocol):
 
     def now(self) -> datetime:
         """The current time, aware, in UTC."""
+
+
+@dataclass(frozen=True)
+class Granted:
+    """What a provider's ``grant`` did.
+
+    Attributes:
+        credentials: handed to the requester and stored (public data only, e.g. an SSH
+            certificate or the group DN); never a secret.
+        already_present: the privilege was there before this call (recorded in the audit event).
+    """
+
+    credentials: dict[str, str]
+    already_present: bool = False
 
 
 class Provider(Protocol):
@@ -37,18 +53,77 @@ class Provider(Protocol):
 
     name: str
 
-    def grant(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
-        """Create the privilege; return the credentials handed to the requester (no secrets
-        that must not be stored: an SSH certificate is public data)."""
+    def privilege(self, role: str, target: str) -> str | None:
+        """The shared privilege a grant of ``role`` on ``target`` holds (no I/O), or None when
+        every grant holds its own (SSH certificates). Grants of one user with the same privilege
+        overlap: it stays until the last of them ends."""
+
+    def check(self) -> None:
+        """Readiness: can the provider reach and authenticate to its system? Raises
+        ProviderError saying why not."""
+
+    def grant(self, grant: Grant, request: AccessRequest) -> Granted:
+        """Create the privilege (idempotent) and say what was done."""
 
     def verify_granted(self, grant: Grant) -> bool:
         """Read the real system back: is the privilege observably there?"""
 
-    def revoke(self, grant: Grant, now: datetime) -> None:
-        """Take the privilege away (or make sure it is gone)."""
+    def extend(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
+        """The grant's window was lengthened (``grant.not_after`` is the new end): return the
+        credentials for the new window without any gap in access (a new SSH certificate; for a
+        group membership, the unchanged credentials)."""
+
+    def revoke(self, grant: Grant, now: datetime) -> bool:
+        """Take the privilege away (or make sure it is gone). Returns True if it was already
+        gone before this call."""
 
     def verify_revoked(self, grant: Grant, now: datetime) -> bool:
         """Read the real system back: is the privilege observably gone?"""
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """Who holds one managed privilege on the real system right now.
+
+    Attributes:
+        privilege: the privilege (as :meth:`Provider.privilege` names it).
+        members: holders by identity (normalised DN for LDAP).
+        allowed: identities that may hold it without a grant (service, break-glass accounts).
+        enforce: remove holders without a grant (else only report them).
+    """
+
+    privilege: str
+    members: frozenset[str]
+    allowed: frozenset[str]
+    enforce: bool
+
+
+@runtime_checkable
+class ManagedPrivileges(Protocol):
+    """A provider whose privileges can be listed and compared with grants (reconciliation)."""
+
+    name: str
+
+    def holdings(self) -> list[Holdings]:
+        """Read every managed privilege's holders from the real system."""
+
+    def identity(self, user_id: str) -> str | None:
+        """The identity under which a Keyturn user appears in ``Holdings.members`` (None if the
+        user is not in the system)."""
+
+    def remove_holder(self, privilege: str, identity: str) -> bool:
+        """Take ``privilege`` from ``identity``; True if it was already gone."""
+
+    def add_holder(self, privilege: str, identity: str) -> bool:
+        """Give ``privilege`` to ``identity``; True if it was already there."""
+
+
+class Notifier(Protocol):
+    """Tells people: alerts (a revocation failing) now; requests and break-glass later."""
+
+    def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
+        """Send an alert. Must not raise and must not block for long: delivery failures are
+        logged by the adapter."""
 
 
 class StoreTx(Protocol):
@@ -102,11 +177,30 @@ class StoreTx(Protocol):
     def claim_due_grants(self, now: datetime, limit: int) -> list[Grant]:
         """Active grants with ``not_after <= now``, locked so no other instance takes them."""
 
-    def claim_grants_in(self, states: Sequence[GrantStatus], limit: int) -> list[Grant]:
-        """Grants in any of ``states`` (for reconciliation), locked like ``claim_due_grants``."""
+    def claim_unfinished(self, now: datetime, stale_before: datetime, limit: int) -> list[Grant]:
+        """Grants to finish, locked like ``claim_due_grants``: ``provisioning``/``revoking`` rows
+        last updated at or before ``stale_before`` (interrupted) and ``revoke_failed`` rows whose
+        ``retry_at`` has come; least recently updated first."""
 
     def next_due_at(self) -> datetime | None:
-        """The earliest ``not_after`` of an active grant."""
+        """The earliest ``not_after`` of an active grant or ``retry_at`` of a revoke_failed one."""
+
+    def grants_holding(
+        self, provider: str, privilege: str, *, user_id: str | None = None
+    ) -> list[Grant]:
+        """Live (provisioning/active) grants of ``privilege``, optionally of one user."""
+
+    def ended_holders(self, provider: str, privilege: str) -> set[str]:
+        """User ids that held ``privilege`` through a grant that has since ended."""
+
+    def grant_counts(self) -> dict[GrantStatus, int]:
+        """How many grants are in each state."""
+
+    def add_standing_snapshot(self, snapshot: StandingSnapshot) -> None:
+        """Record a standing-privilege snapshot."""
+
+    def standing_snapshots(self, *, since: datetime | None = None) -> list[StandingSnapshot]:
+        """Snapshots, oldest first."""
 
     def early_revoked_serials(self, now: datetime) -> list[int]:
         """Serials of credentials ended before their window closed whose window is still open."""

@@ -8,22 +8,27 @@ integrations the same way.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain
 from keyturn.domain.errors import Conflict, NotFound, ProviderError
 from keyturn.domain.model import (
+    LIVE_GRANT_STATES,
     AccessRequest,
     EndReason,
     Grant,
     GrantStatus,
     RequestStatus,
     Review,
+    StandingSnapshot,
 )
+from keyturn.ports import Granted, Holdings, Provider
 
 
 class FakeClock:
@@ -52,6 +57,7 @@ class _State:
     grants: dict[str, Grant] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
     head: tuple[int, str] | None = None
+    snapshots: list[StandingSnapshot] = field(default_factory=list)
 
 
 class InMemoryStore:
@@ -71,6 +77,7 @@ class InMemoryStore:
                 grants=dict(self._state.grants),
                 audit=list(self._state.audit),
                 head=self._state.head,
+                snapshots=list(self._state.snapshots),
             )
             yield InMemoryTx(work)
             self._state = work
@@ -186,15 +193,66 @@ class InMemoryTx:
         ]
         return sorted(due, key=lambda g: g.not_after)[:limit]
 
-    def claim_grants_in(self, states: Sequence[GrantStatus], limit: int) -> list[Grant]:
-        """Grants in ``states``, oldest update first."""
-        rows = [g for g in self._s.grants.values() if g.status in states]
+    def claim_unfinished(self, now: datetime, stale_before: datetime, limit: int) -> list[Grant]:
+        """Interrupted and retry-due grants, least recently updated first."""
+        interrupted = (GrantStatus.PROVISIONING, GrantStatus.REVOKING)
+        rows = [
+            g
+            for g in self._s.grants.values()
+            if (g.status in interrupted and g.updated_at <= stale_before)
+            or (g.status is GrantStatus.REVOKE_FAILED and (g.retry_at is None or g.retry_at <= now))
+        ]
         return sorted(rows, key=lambda g: g.updated_at)[:limit]
 
     def next_due_at(self) -> datetime | None:
-        """Earliest ``not_after`` of an active grant."""
+        """Earliest ``not_after`` of an active grant or ``retry_at`` of a revoke_failed one."""
         due = [g.not_after for g in self._s.grants.values() if g.status is GrantStatus.ACTIVE]
+        due += [
+            g.retry_at
+            for g in self._s.grants.values()
+            if g.status is GrantStatus.REVOKE_FAILED and g.retry_at is not None
+        ]
         return min(due) if due else None
+
+    def grants_holding(
+        self, provider: str, privilege: str, *, user_id: str | None = None
+    ) -> list[Grant]:
+        """Live grants of this privilege, oldest first."""
+        rows = [
+            g
+            for g in self._s.grants.values()
+            if g.provider == provider
+            and g.privilege == privilege
+            and g.status in LIVE_GRANT_STATES
+            and (user_id is None or g.user_id == user_id)
+        ]
+        return sorted(rows, key=lambda g: (g.created_at, g.id))
+
+    def ended_holders(self, provider: str, privilege: str) -> set[str]:
+        """Users whose grant of this privilege has ended."""
+        return {
+            g.user_id
+            for g in self._s.grants.values()
+            if g.provider == provider
+            and g.privilege == privilege
+            and g.status not in LIVE_GRANT_STATES
+        }
+
+    def grant_counts(self) -> dict[GrantStatus, int]:
+        """Grants per state."""
+        counts: dict[GrantStatus, int] = {}
+        for g in self._s.grants.values():
+            counts[g.status] = counts.get(g.status, 0) + 1
+        return counts
+
+    def add_standing_snapshot(self, snapshot: StandingSnapshot) -> None:
+        """Record a snapshot."""
+        self._s.snapshots.append(snapshot)
+
+    def standing_snapshots(self, *, since: datetime | None = None) -> list[StandingSnapshot]:
+        """Snapshots oldest first."""
+        rows = [x for x in self._s.snapshots if since is None or x.taken_at >= since]
+        return sorted(rows, key=lambda x: x.taken_at)
 
     def early_revoked_serials(self, now: datetime) -> list[int]:
         """Serials of grants ended early whose window is still open."""
@@ -232,43 +290,179 @@ class InMemoryTx:
 
 
 class FakeProvider:
-    """:class:`keyturn.ports.Provider` holding privileges in a set; failures can be injected.
+    """:class:`keyturn.ports.Provider` (and :class:`~keyturn.ports.ManagedPrivileges`) holding
+    privileges in memory, like a directory holds group memberships; failures can be injected.
+
+    A grant whose ``privilege`` is set holds ``(user_id, privilege)`` -- shared by overlapping
+    grants, as a group membership is; otherwise it holds ``(user_id, grant id)``.
 
     Attributes:
-        held: grant ids whose privilege is currently present.
-        fail_grant / fail_revoke: when set, the next calls raise a retryable ProviderError.
+        held: the ``(identity, privilege)`` pairs currently present.
+        shared: role name → privilege, for roles whose grants share one (like ``ldap`` groups).
+        allowed / enforce: per privilege, who may hold it without a grant, and whether
+            reconciliation removes the others.
+        fail_grant / fail_revoke / down: when set, calls raise a retryable ProviderError.
         revoke_is_silent: when set, ``revoke`` "succeeds" but leaves the privilege in place, as a
             buggy script would; verification must catch it.
     """
 
-    def __init__(self, name: str = "ssh") -> None:
+    def __init__(self, name: str = "ssh", *, shared: dict[str, str] | None = None) -> None:
         self.name = name
-        self.held: set[str] = set()
+        self.shared = dict(shared or {})
+        self.held: set[tuple[str, str]] = set()
+        self.allowed: dict[str, frozenset[str]] = {}
+        self.enforce: dict[str, bool] = {}
         self.fail_grant = False
         self.fail_revoke = False
+        self.down = False
         self.revoke_is_silent = False
         self.calls: list[tuple[str, str]] = []
 
-    def grant(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
+    @staticmethod
+    def key(grant: Grant) -> tuple[str, str]:
+        """What the grant holds."""
+        return (grant.user_id, grant.privilege or grant.id)
+
+    def holds(self, grant: Grant) -> bool:
+        """True if the grant's privilege is present."""
+        return self.key(grant) in self.held
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise ProviderError("fake provider: cannot reach the system", retryable=True)
+
+    def privilege(self, role: str, target: str) -> str | None:
+        """The shared privilege of ``role``, if it is configured as shared."""
+        return self.shared.get(role)
+
+    def check(self) -> None:
+        """Raises while ``down`` is set."""
+        self._reachable()
+
+    def grant(self, grant: Grant, request: AccessRequest) -> Granted:
         """Add the privilege (idempotent)."""
         self.calls.append(("grant", grant.id))
+        self._reachable()
         if self.fail_grant:
             raise ProviderError("fake provider: grant failed", retryable=True)
-        self.held.add(grant.id)
-        return {"fake_credential": f"cred-{grant.id}"}
+        present = self.holds(grant)
+        self.held.add(self.key(grant))
+        return Granted({"fake_credential": f"cred-{grant.id}"}, already_present=present)
 
     def verify_granted(self, grant: Grant) -> bool:
         """Present?"""
-        return grant.id in self.held
+        self._reachable()
+        return self.holds(grant)
 
-    def revoke(self, grant: Grant, now: datetime) -> None:
-        """Remove the privilege (idempotent)."""
+    def extend(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
+        """New credentials naming the new end."""
+        self.calls.append(("extend", grant.id))
+        self._reachable()
+        return {"fake_credential": f"cred-{grant.id}-until-{grant.not_after.isoformat()}"}
+
+    def revoke(self, grant: Grant, now: datetime) -> bool:
+        """Remove the privilege (idempotent); True if it was already gone."""
         self.calls.append(("revoke", grant.id))
+        self._reachable()
         if self.fail_revoke:
             raise ProviderError("fake provider: revoke failed", retryable=True)
+        gone = not self.holds(grant)
         if not self.revoke_is_silent:
-            self.held.discard(grant.id)
+            self.held.discard(self.key(grant))
+        return gone
 
     def verify_revoked(self, grant: Grant, now: datetime) -> bool:
         """Gone?"""
-        return grant.id not in self.held
+        self._reachable()
+        return not self.holds(grant)
+
+    # ManagedPrivileges ---------------------------------------------------------------------
+    def holdings(self) -> list[Holdings]:
+        """Every shared privilege and its holders."""
+        self._reachable()
+        return [
+            Holdings(
+                privilege=privilege,
+                members=frozenset(who for who, what in self.held if what == privilege),
+                allowed=self.allowed.get(privilege, frozenset()),
+                enforce=self.enforce.get(privilege, False),
+            )
+            for privilege in sorted(set(self.shared.values()))
+        ]
+
+    def identity(self, user_id: str) -> str | None:
+        """Users appear under their id."""
+        return user_id
+
+    def remove_holder(self, privilege: str, identity: str) -> bool:
+        """Take the privilege away; True if already gone."""
+        self.calls.append(("remove_holder", identity))
+        self._reachable()
+        gone = (identity, privilege) not in self.held
+        self.held.discard((identity, privilege))
+        return gone
+
+    def add_holder(self, privilege: str, identity: str) -> bool:
+        """Give the privilege; True if already there."""
+        self.calls.append(("add_holder", identity))
+        self._reachable()
+        present = (identity, privilege) in self.held
+        self.held.add((identity, privilege))
+        return present
+
+
+class BlockingProvider:
+    """Wraps a provider and blocks forever at one step (``grant``, ``verify_granted``,
+    ``revoke``, ``verify_revoked``), for crash tests that SIGKILL the process there.
+
+    Enabled in a real server by :data:`keyturn.bootstrap.FAULT_ENV`; every other attribute is
+    the wrapped provider's.
+    """
+
+    def __init__(self, inner: Provider, step: str) -> None:
+        steps = ("grant", "verify_granted", "revoke", "verify_revoked")
+        if step not in steps:
+            raise ValueError(f"unknown fault step {step!r}; expected one of {', '.join(steps)}")
+        self._inner = inner
+        self._step = step
+        self.name = inner.name
+
+    def _maybe_block(self, step: str) -> None:
+        if step == self._step:
+            print(f"keyturn-fault: blocked at {step}", file=sys.stderr, flush=True)
+            threading.Event().wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def privilege(self, role: str, target: str) -> str | None:
+        """Delegated."""
+        return self._inner.privilege(role, target)
+
+    def check(self) -> None:
+        """Delegated."""
+        self._inner.check()
+
+    def grant(self, grant: Grant, request: AccessRequest) -> Granted:
+        """Blocks before granting when the step is ``grant``."""
+        self._maybe_block("grant")
+        return self._inner.grant(grant, request)
+
+    def verify_granted(self, grant: Grant) -> bool:
+        """Blocks (after the grant was made) when the step is ``verify_granted``."""
+        self._maybe_block("verify_granted")
+        return self._inner.verify_granted(grant)
+
+    def extend(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
+        """Delegated."""
+        return self._inner.extend(grant, request)
+
+    def revoke(self, grant: Grant, now: datetime) -> bool:
+        """Blocks before revoking when the step is ``revoke``."""
+        self._maybe_block("revoke")
+        return self._inner.revoke(grant, now)
+
+    def verify_revoked(self, grant: Grant, now: datetime) -> bool:
+        """Blocks (after the revoke was made) when the step is ``verify_revoked``."""
+        self._maybe_block("verify_revoked")
+        return self._inner.verify_revoked(grant, now)

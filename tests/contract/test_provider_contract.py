@@ -1,10 +1,11 @@
-"""The Provider contract: FakeProvider and the real SshCertificateProvider behave alike.
+"""The Provider contract: FakeProvider, the real SSH CA and the real LDAP provider alike.
 
-The same tests run against both (``case`` fixture). The SSH provider is real: an Ed25519 CA on
-disk, certificates signed with ``cryptography``, and a KRL written and read back with the local
-``ssh-keygen``. The test plays the store: when it ends a grant early it adds the grant's serial
-to the list the provider's ``revoked_serials`` returns. SSH-specific tests (certificate fields,
-KRL contents, CA key file safety, which user keys are accepted) follow the contract.
+The same tests run against all three (``case`` fixture). The SSH provider is real: an Ed25519 CA
+on disk, certificates signed with ``cryptography``, and a KRL written and read back with the local
+``ssh-keygen``. The LDAP provider talks to a real slapd (``keyturn.lab``) and reads the group
+back after every change. The test plays the store: when it ends a grant early it adds the
+grant's serial to the list the provider's ``revoked_serials`` returns. SSH-specific tests
+(certificate fields, KRL contents, CA key file safety, which user keys are accepted) follow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import stat
 import struct
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_identity,
 )
 
+from keyturn.adapters.providers.ldap_group import LdapGroupProvider, build_ldap_provider
 from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_create_ca
 from keyturn.config import RoleConfig, SshRoleConfig
 from keyturn.domain.errors import ConfigError, InvalidInput
@@ -41,10 +43,12 @@ from keyturn.domain.model import (
     RequestStatus,
 )
 from keyturn.domain.ssh_keys import parse_user_public_key
-from keyturn.lab import make_user_key
+from keyturn.lab import Slapd, example_directory, make_user_key
 from keyturn.ports import Provider
 from keyturn.testing import FakeProvider
-from tests.conftest import example_data, load
+from tests.conftest import example_data, ldap_env, load
+
+INTEGRATION = pytest.mark.integration
 
 NOW = datetime(2026, 11, 17, 2, 45, tzinfo=UTC)
 WINDOW = timedelta(minutes=30)
@@ -53,12 +57,14 @@ SKEW = timedelta(seconds=30)  # the example configuration's ssh_ca.clock_skew (d
 
 
 # domain objects ------------------------------------------------------------------------------
-def a_request(public_key: str, *, n: int = 1, user: str = "alice") -> AccessRequest:
-    """An approved request for server-admin on db-1 carrying the user's public key."""
+def a_request(
+    public_key: str, *, n: int = 1, user: str = "alice", role: str = "server-admin"
+) -> AccessRequest:
+    """An approved request for ``role`` on db-1 carrying the user's public key."""
     return AccessRequest(
         id=f"req_{n:04d}",
         requester_id=user,
-        role="server-admin",
+        role=role,
         target="db-1",
         duration=WINDOW,
         justification="INC-1: replica lag on db-1",
@@ -71,7 +77,14 @@ def a_request(public_key: str, *, n: int = 1, user: str = "alice") -> AccessRequ
     )
 
 
-def a_grant(request: AccessRequest, *, n: int = 1, serial: int = SERIAL) -> Grant:
+def a_grant(
+    request: AccessRequest,
+    *,
+    n: int = 1,
+    serial: int | None = SERIAL,
+    provider: str = "ssh",
+    privilege: str | None = None,
+) -> Grant:
     """The provisioning grant made from ``request``: window NOW..NOW+30m."""
     return Grant(
         id=f"grt_{n:04d}",
@@ -79,7 +92,8 @@ def a_grant(request: AccessRequest, *, n: int = 1, serial: int = SERIAL) -> Gran
         user_id=request.requester_id,
         role=request.role,
         target=request.target,
-        provider="ssh",
+        provider=provider,
+        privilege=privilege,
         status=GrantStatus.PROVISIONING,
         not_before=NOW,
         not_after=NOW + WINDOW,
@@ -102,6 +116,22 @@ class Case:
     provider: Provider
     public_key: str
     revoked: list[int] = field(default_factory=list)
+    role: str = "server-admin"
+
+    def request(self, n: int = 1, user: str = "alice") -> AccessRequest:
+        """An approved request of this case's role."""
+        return a_request(self.public_key, n=n, user=user, role=self.role)
+
+    def grant_for(self, request: AccessRequest, n: int = 1, serial: int = SERIAL) -> Grant:
+        """The provisioning grant of ``request`` as the service writes it."""
+        is_ssh = self.provider.name == "ssh"
+        return a_grant(
+            request,
+            n=n,
+            serial=serial if is_ssh else None,
+            provider=self.provider.name,
+            privilege=self.provider.privilege(request.role, request.target),
+        )
 
     def end_early(self, grant: Grant, when: datetime) -> Grant:
         """End ``grant`` before its window closes, as the service does (write-ahead)."""
@@ -112,15 +142,17 @@ class Case:
             ended_by=grant.user_id,
             ended_at=when,
         )
-        assert ended.serial is not None
-        self.revoked.append(ended.serial)  # what early_revoked_serials now returns
+        if ended.serial is not None:
+            self.revoked.append(ended.serial)  # what early_revoked_serials now returns
         return ended
 
-    def granted(self, n: int = 1, serial: int = SERIAL) -> tuple[AccessRequest, Grant]:
+    def granted(
+        self, n: int = 1, serial: int = SERIAL, user: str = "alice"
+    ) -> tuple[AccessRequest, Grant]:
         """A request and its grant, provisioned through the provider and active."""
-        request = a_request(self.public_key, n=n)
-        grant = a_grant(request, n=n, serial=serial)
-        return request, activate(grant, self.provider.grant(grant, request))
+        request = self.request(n=n, user=user)
+        grant = self.grant_for(request, n=n, serial=serial)
+        return request, activate(grant, self.provider.grant(grant, request).credentials)
 
 
 @dataclass
@@ -161,12 +193,38 @@ def make_ssh_case(tmp_path: Path) -> SshCase:
     return SshCase(provider, public_key.strip(), revoked, ssh=provider, ca_path=ca_path)
 
 
-@pytest.fixture(params=["fake", "ssh"])
-def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+@pytest.fixture(params=["fake", "fake-shared", "ssh", pytest.param("ldap", marks=INTEGRATION)])
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     """Each provider implementation, with nothing granted or revoked yet."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests x"
     if request.param == "fake":
-        return Case(FakeProvider("ssh"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests x")
-    return make_ssh_case(tmp_path)
+        yield Case(FakeProvider("ssh"), key)
+    elif request.param == "fake-shared":  # the fake standing in for a directory group
+        yield Case(
+            FakeProvider("ldap", shared={"db-admins": "cn=db-admins"}), key, role="db-admins"
+        )
+    elif request.param == "ssh":
+        yield make_ssh_case(tmp_path)
+    else:
+        directory = example_directory(tmp_path / "slapd")
+        provider = ldap_provider(tmp_path, directory)
+        try:
+            yield Case(provider, key, role="db-admins")
+        finally:
+            provider.close()
+            directory.stop()
+
+
+def ldap_provider(tmp_path: Path, directory: Slapd) -> LdapGroupProvider:
+    """The real LDAP provider, configured like the example, bound to ``directory``."""
+    config = load(example_data(tmp_path, ldap_url=directory.url)).config
+    assert config.ldap is not None
+    return build_ldap_provider(
+        config.ldap,
+        roles={r.name: r for r in config.roles},
+        users={u.id: u for u in config.users},
+        environ=ldap_env(directory),
+    )
 
 
 @pytest.fixture
@@ -181,20 +239,22 @@ class TestProviderContract:
 
     def test_grant_returns_credentials_that_verify(self, case: Case) -> None:
         """grant() returns string credentials and verify_granted() then reads the grant back."""
-        request = a_request(case.public_key)
-        grant = a_grant(request)
+        request = case.request()
+        grant = case.grant_for(request)
         assert not case.provider.verify_granted(grant)  # nothing granted yet
-        credentials = case.provider.grant(grant, request)
+        granted = case.provider.grant(grant, request)
+        assert not granted.already_present
+        credentials = granted.credentials
         assert credentials
         assert all(isinstance(v, str) and v for v in credentials.values())
         assert case.provider.verify_granted(activate(grant, credentials))
 
     def test_granting_twice_is_idempotent(self, case: Case) -> None:
         """A second grant() of the same grant succeeds and both credentials verify."""
-        request = a_request(case.public_key)
-        grant = a_grant(request)
-        first = case.provider.grant(grant, request)
-        second = case.provider.grant(grant, request)
+        request = case.request()
+        grant = case.grant_for(request)
+        first = case.provider.grant(grant, request).credentials
+        second = case.provider.grant(grant, request).credentials
         assert first.keys() == second.keys()
         assert case.provider.verify_granted(activate(grant, second))
         assert case.provider.verify_granted(activate(grant, first))
@@ -230,7 +290,7 @@ class TestProviderContract:
     def test_revoking_one_grant_leaves_another_live(self, case: Case) -> None:
         """Revoking one grant neither revokes nor invalidates another grant."""
         _, first = case.granted(n=1, serial=SERIAL)
-        _, second = case.granted(n=2, serial=SERIAL + 1)
+        _, second = case.granted(n=2, serial=SERIAL + 1, user="bob")
         when = NOW + timedelta(minutes=5)
         ended = case.end_early(first, when)
         case.provider.revoke(ended, when)
@@ -318,7 +378,7 @@ class TestSshCertificates:
         )
         request = a_request(ssh.public_key)
         grant = a_grant(request)
-        grant = activate(grant, provider.grant(grant, request))
+        grant = activate(grant, provider.grant(grant, request).credentials)
         cert = certificate(grant)
         assert cert.critical_options == {
             b"force-command": b"/usr/bin/psql -c 'select 1'",
@@ -365,7 +425,7 @@ class TestSshCertificates:
         assert other.ca_public_line != ssh.ssh.ca_public_line
         request = a_request(ssh.public_key)
         grant = a_grant(request)
-        forged = activate(grant, other.grant(grant, request))
+        forged = activate(grant, other.grant(grant, request).credentials)
         assert other.verify_granted(forged)
         assert not ssh.ssh.verify_granted(forged)
 

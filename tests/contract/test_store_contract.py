@@ -30,6 +30,7 @@ from keyturn.domain.model import (
     Outcome,
     RequestStatus,
     Review,
+    StandingSnapshot,
     Verdict,
 )
 from keyturn.ports import Store
@@ -103,8 +104,12 @@ def a_grant(
     end_reason: EndReason | None = None,
     created_at: datetime | None = None,
     updated_at: datetime | None = None,
+    privilege: str | None = None,
+    retry_at: datetime | None = None,
 ) -> Grant:
-    """Grant ``grt_NNNN`` from request ``req_NNNN``; one hour long, serial 1000+n by default."""
+    """Grant ``grt_NNNN`` from request ``req_NNNN``; one hour long, serial 1000+n by default.
+
+    With a ``privilege`` it is an ``ldap`` grant (no serial) of that group."""
     end = not_after if not_after is not None else T0 + timedelta(hours=1)
     created = created_at if created_at is not None else T0 + timedelta(seconds=n)
     return Grant(
@@ -113,13 +118,15 @@ def a_grant(
         user_id=user,
         role="server-admin",
         target="db-1",
-        provider="ssh",
+        provider="ldap" if privilege else "ssh",
+        privilege=privilege,
+        retry_at=retry_at,
         status=status,
         not_before=end - timedelta(hours=1),
         not_after=end,
         created_at=created,
         updated_at=updated_at if updated_at is not None else created,
-        serial=1000 + n if serial == -1 else serial,
+        serial=None if privilege else (1000 + n if serial == -1 else serial),
         credentials={"ssh_certificate": f"ssh-ed25519-cert-v01@openssh.com AAAA{n} grt_{n:04d}"},
         end_reason=end_reason,
         ended_by="alice" if end_reason is not None else None,
@@ -425,29 +432,97 @@ class TestStoreContract:
             assert [g.id for g in tx.claim_due_grants(now, 2)] == ["grt_0002", "grt_0008"]
             assert tx.claim_due_grants(T0 - timedelta(days=1), 10) == []
 
-    def test_claim_grants_in_selects_states_by_oldest_update(self, store: Store) -> None:
-        """claim_grants_in returns grants in the given states, least recently updated first."""
+    def test_claim_unfinished_takes_stale_interrupted_and_retry_due_rows(
+        self, store: Store
+    ) -> None:
+        """Interrupted rows last touched before the cut-off and revoke_failed rows whose retry
+        time has come are claimed, least recently updated first; nothing else is."""
+        now = T0 + timedelta(minutes=10)
+        stale_before = now - timedelta(minutes=1)
         add_grants(
             store,
             a_grant(1, status=GrantStatus.REVOKING, updated_at=T0 + timedelta(minutes=3)),
-            a_grant(2, status=GrantStatus.REVOKE_FAILED, updated_at=T0 + timedelta(minutes=1)),
+            a_grant(
+                2,
+                status=GrantStatus.REVOKE_FAILED,
+                updated_at=T0 + timedelta(minutes=1),
+                retry_at=now,
+            ),
             a_grant(3, status=GrantStatus.ACTIVE, updated_at=T0),
             a_grant(4, status=GrantStatus.REVOKED, updated_at=T0),
-            a_grant(5, status=GrantStatus.REVOKING, updated_at=T0 + timedelta(minutes=2)),
-            a_grant(6, status=GrantStatus.PROVISIONING, updated_at=T0),
+            a_grant(5, status=GrantStatus.PROVISIONING, updated_at=T0 + timedelta(minutes=2)),
+            a_grant(6, status=GrantStatus.REVOKING, updated_at=now),  # fresh: maybe in flight
+            a_grant(
+                7,
+                status=GrantStatus.REVOKE_FAILED,
+                updated_at=T0,
+                retry_at=now + timedelta(seconds=1),  # backoff not over
+            ),
         )
-        states = [GrantStatus.REVOKING, GrantStatus.REVOKE_FAILED]
         with store.transaction() as tx:
-            assert [g.id for g in tx.claim_grants_in(states, 10)] == [
-                "grt_0002",
-                "grt_0005",
-                "grt_0001",
-            ]
-            assert [g.id for g in tx.claim_grants_in(states, 1)] == ["grt_0002"]
-            assert [g.id for g in tx.claim_grants_in([GrantStatus.PROVISIONING], 10)] == [
-                "grt_0006"
-            ]
-            assert tx.claim_grants_in([GrantStatus.FAILED], 10) == []
+            claimed = tx.claim_unfinished(now, stale_before, 10)
+            assert [g.id for g in claimed] == ["grt_0002", "grt_0005", "grt_0001"]
+            assert [g.id for g in tx.claim_unfinished(now, stale_before, 1)] == ["grt_0002"]
+            assert tx.claim_unfinished(T0 - timedelta(days=1), T0 - timedelta(days=1), 10) == []
+
+    def test_privilege_and_retry_time_round_trip(self, store: Store) -> None:
+        """A grant's shared privilege and retry time are stored as given (aware UTC)."""
+        retry = T0 + timedelta(seconds=7, microseconds=5)
+        add_grants(
+            store,
+            a_grant(
+                1,
+                privilege="cn=db-admins,ou=groups",
+                status=GrantStatus.REVOKE_FAILED,
+                retry_at=retry,
+            ),
+        )
+        with store.transaction() as tx:
+            got = tx.get_grant("grt_0001")
+        assert got.privilege == "cn=db-admins,ou=groups"
+        assert got.retry_at == retry
+        assert got.serial is None
+
+    def test_grants_holding_and_ended_holders(self, store: Store) -> None:
+        """Live grants of a privilege (optionally of one user) and users whose grant ended."""
+        group, other = "cn=db-admins", "cn=app-deployers"
+        add_grants(
+            store,
+            a_grant(1, privilege=group),
+            a_grant(2, privilege=group, user="bob", status=GrantStatus.PROVISIONING),
+            a_grant(3, privilege=group, user="carol", status=GrantStatus.REVOKED),
+            a_grant(4, privilege=other, user="dave"),
+            a_grant(5, privilege=group, user="dave", status=GrantStatus.REVOKE_FAILED),
+            a_grant(6),  # an SSH grant: no privilege
+        )
+        with store.transaction() as tx:
+            assert [g.id for g in tx.grants_holding("ldap", group)] == ["grt_0001", "grt_0002"]
+            assert [g.id for g in tx.grants_holding("ldap", group, user_id="bob")] == ["grt_0002"]
+            assert tx.grants_holding("ssh", group) == []
+            assert tx.ended_holders("ldap", group) == {"carol", "dave"}
+            assert tx.ended_holders("ldap", other) == set()
+
+    def test_grant_counts_by_state(self, store: Store) -> None:
+        """grant_counts counts every state present, and only those."""
+        add_grants(
+            store,
+            a_grant(1),
+            a_grant(2),
+            a_grant(3, status=GrantStatus.REVOKE_FAILED),
+        )
+        with store.transaction() as tx:
+            assert tx.grant_counts() == {GrantStatus.ACTIVE: 2, GrantStatus.REVOKE_FAILED: 1}
+
+    def test_standing_snapshots_round_trip_oldest_first(self, store: Store) -> None:
+        """Snapshots come back oldest first, filtered by ``since``."""
+        first = StandingSnapshot(T0, "ldap", "cn=db-admins", ("uid=x", "uid=y"))
+        second = StandingSnapshot(T0 + timedelta(minutes=5), "ldap", "cn=db-admins", ())
+        with store.transaction() as tx:
+            tx.add_standing_snapshot(second)
+            tx.add_standing_snapshot(first)
+        with store.transaction() as tx:
+            assert tx.standing_snapshots() == [first, second]
+            assert tx.standing_snapshots(since=T0 + timedelta(minutes=1)) == [second]
 
     def test_next_due_at_is_earliest_active_end(self, store: Store) -> None:
         """next_due_at is None with no active grant, else the earliest active not_after."""
@@ -466,6 +541,10 @@ class TestStoreContract:
         assert due == first
         assert due is not None
         assert due.utcoffset() == timedelta(0)
+        retry = T0 + timedelta(minutes=2)
+        add_grants(store, a_grant(5, status=GrantStatus.REVOKE_FAILED, retry_at=retry))
+        with store.transaction() as tx:
+            assert tx.next_due_at() == retry  # a retry due earlier wakes the worker earlier
 
     def test_early_revoked_serials_lists_only_early_ends_in_window(self, store: Store) -> None:
         """Only grants released/revoked before not_after, in an ending state, are listed."""

@@ -25,7 +25,12 @@ def test_example_configuration_is_valid() -> None:
     """The shipped example loads and its policy compiles."""
     loaded = load_config(EXAMPLE)
     PolicyEngine(loaded.config)
-    assert {r.name for r in loaded.config.roles} == {"server-admin", "db-schema-admin"}
+    assert {r.name for r in loaded.config.roles} == {
+        "server-admin",
+        "db-schema-admin",
+        "db-admins",
+        "app-deployer",
+    }
     assert len(loaded.sha256) == 64
 
 

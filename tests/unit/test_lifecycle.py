@@ -54,7 +54,7 @@ def test_auto_approved_request_is_granted_at_once(deps: Deps, provider: FakeProv
     assert view.grant is not None
     assert view.grant.status is GrantStatus.ACTIVE
     assert view.grant.not_after - view.grant.not_before == timedelta(minutes=30)
-    assert view.grant.id in provider.held
+    assert provider.holds(view.grant)
     assert actions(deps) == [
         "request.created",
         "request.decided",
@@ -186,7 +186,7 @@ def test_grant_expires_at_not_after_verified(
     [ended] = grants.expire_due(deps)
     assert ended.status is GrantStatus.REVOKED
     assert ended.end_reason is EndReason.EXPIRED
-    assert grant.id not in provider.held
+    assert not provider.holds(grant)
     assert actions(deps)[-2:] == ["grant.revoking", "grant.expired"]
 
 
@@ -202,16 +202,16 @@ def test_failed_revoke_is_recorded_retried_and_never_swallowed(
     assert failed.status is GrantStatus.REVOKE_FAILED
     assert failed.last_error
     assert "grant.revoke_failed" in actions(deps)
-    assert grants.reconcile(deps) == []  # backoff not yet passed
+    assert grants.resume_unfinished(deps) == []  # backoff not yet passed
     clock.advance(timedelta(seconds=1))
-    [again] = grants.reconcile(deps)
+    [again] = grants.resume_unfinished(deps)
     assert again.status is GrantStatus.REVOKE_FAILED
     assert again.attempts == 2
     provider.fail_revoke = False
-    clock.advance(grants.retry_delay(2))
-    [done] = grants.reconcile(deps)
+    clock.advance(deps.config.server.retry_max)
+    [done] = grants.resume_unfinished(deps)
     assert done.status is GrantStatus.REVOKED
-    assert grant.id not in provider.held
+    assert not provider.holds(grant)
 
 
 def test_silent_revoke_is_caught_by_verification(
@@ -250,11 +250,11 @@ def test_reconcile_finishes_a_grant_interrupted_after_write_ahead(
             dataclasses.replace(tx.get_grant(view.grant.id), status=GrantStatus.PROVISIONING)
         )
     provider.fail_grant = False
-    assert grants.reconcile(deps) == []  # not stale yet: maybe still in flight
-    clock.advance(grants.STALE_AFTER)
-    [fixed] = grants.reconcile(deps)
+    assert grants.resume_unfinished(deps) == []  # not stale yet: maybe still in flight
+    clock.advance(deps.config.server.stale_after)
+    [fixed] = grants.resume_unfinished(deps)
     assert fixed.status is GrantStatus.ACTIVE
-    assert fixed.id in provider.held
+    assert provider.holds(fixed)
 
 
 def test_release_is_for_the_owner_and_revoke_for_admins(deps: Deps) -> None:
@@ -364,7 +364,7 @@ def test_a_grant_whose_window_closed_before_granting_is_never_issued(
         )
     provider.fail_grant = False
     clock.advance(timedelta(minutes=10))
-    [result] = grants.reconcile(deps)
+    [result] = grants.resume_unfinished(deps)
     assert result.status is GrantStatus.FAILED
     assert "window closed" in (result.last_error or "")
     assert provider.held == set()
@@ -380,8 +380,8 @@ def test_reconcile_retries_a_failed_revoke_once_per_backoff_window(
     grants.revoke(deps, user(deps, "sam"), grant.id)
     clock.advance(timedelta(seconds=1))
     provider.calls.clear()
-    assert len(grants.reconcile(deps)) == 1
-    assert grants.reconcile(deps) == []
+    assert len(grants.resume_unfinished(deps)) == 1
+    assert grants.resume_unfinished(deps) == []
     assert provider.calls == [("revoke", grant.id)]
 
 

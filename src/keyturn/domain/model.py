@@ -176,8 +176,12 @@ class Grant:
     """An active, time-bound privilege created from an approved access request.
 
     ``not_before``/``not_after`` are aware UTC datetimes; the duration clock starts at activation.
-    ``serial`` is the provider's credential serial (SSH certificate serial), when there is one.
+    ``serial`` is the provider's credential serial (SSH certificate serial), when there is one;
+    every certificate of the grant (extensions included) carries it.
+    ``privilege`` names the shared thing granted when several grants can hold the same one (the
+    normalised group DN for ``ldap``); None when each grant's privilege is its own (SSH).
     ``credentials`` holds what the requester receives (e.g. ``ssh_certificate``); never secrets.
+    ``retry_at`` is when a ``revoke_failed`` grant is next retried.
     """
 
     id: str
@@ -198,6 +202,8 @@ class Grant:
     ended_at: datetime | None = None
     attempts: int = 0
     last_error: str | None = None
+    privilege: str | None = None
+    retry_at: datetime | None = None
 
     def transition(self, to: GrantStatus, now: datetime, **changes: Any) -> Grant:
         """Return the grant in state ``to`` with ``changes`` applied.
@@ -216,6 +222,23 @@ class Grant:
     def ends_early(self, now: datetime) -> bool:
         """True when ending the grant now is before its window closes (needs a KRL entry)."""
         return now < self.not_after
+
+
+LIVE_GRANT_STATES = frozenset({GrantStatus.PROVISIONING, GrantStatus.ACTIVE})
+"""States in which a grant holds (or is about to hold) its privilege."""
+
+
+@dataclass(frozen=True)
+class StandingSnapshot:
+    """Who held a managed privilege without a grant at one moment (``keyturn report standing``).
+
+    ``members`` are the holders' identities as the provider names them (normalised DNs for LDAP).
+    """
+
+    taken_at: datetime
+    provider: str
+    privilege: str
+    members: tuple[str, ...]
 
 
 def quorum_reached(required: int, reviews: list[Review]) -> bool:

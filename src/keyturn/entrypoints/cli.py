@@ -40,11 +40,13 @@ config_app = typer.Typer(
     help="Check the configuration file; print its JSON Schema.", no_args_is_help=True
 )
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports: standing access.", no_args_is_help=True)
 app.add_typer(requests_app, name="requests")
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
+app.add_typer(report_app, name="report")
 
 out = Console(markup=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, highlight=False)
@@ -131,9 +133,17 @@ def serve(
 
     wired = _load_app(config)
     record_start(wired, "api")
+    _report_readiness(wired)
     cfg = wired.deps.config.server
     err.print(f"keyturn: serving on http://{host or cfg.host}:{port or cfg.port}")
     Server(wired, host or cfg.host, port or cfg.port, with_worker=worker).serve_forever()
+
+
+def _report_readiness(wired: Any) -> None:
+    """Say at start, clearly, which provider cannot work (``/readyz`` says it too)."""
+    for name, check in wired.readiness().items():
+        if check != "ok":
+            err.print(f"keyturn: provider {name} is NOT ready: {check}")
 
 
 @app.command("worker")
@@ -153,6 +163,7 @@ def worker_cmd(
         err.print(f"keyturn worker: acted on {worker.run_once(wired)} grants")
         return
     record_start(wired, "worker")
+    _report_readiness(wired)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -310,6 +321,59 @@ def release(ctx: typer.Context, grant_id: str) -> None:
 def revoke(ctx: typer.Context, grant_id: str) -> None:
     """Admin: end a grant now (the certificate goes on the revocation list)."""
     _end(ctx, grant_id, "revoke")
+
+
+@app.command()
+def extend(
+    ctx: typer.Context,
+    grant_id: Annotated[str, typer.Argument(help="Your active grant's id.")],
+    duration: Annotated[str, typer.Option("--for", help="How much longer: 30m, 1h, PT30M.")],
+    ssh_key: Annotated[
+        Path | None,
+        typer.Option("--ssh-key", help="Write the new SSH certificate next to this public key."),
+    ] = None,
+) -> None:
+    """Lengthen your active grant, within the role's maximum total duration (no gap in access).
+
+    The policy in force now must approve the longer window by itself; otherwise request again.
+    """
+    c = _ctx(ctx)
+    body = {"duration": to_iso_duration(parse_short_duration(duration))}
+    data = c.client().call("POST", f"/v1/grants/{grant_id}/extend", json=body)
+    written = _write_certificate({"grant": data}, ssh_key.expanduser() if ssh_key else None)
+    c.emit(data, render.grant_detail)
+    if written is not None:
+        err.print(f"new certificate written to {written}")
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would change; change nothing.")
+    ] = False,
+) -> None:
+    """Admin: compare managed groups with grants; report standing privileges, remove lingering
+    memberships (and standing ones in groups with mode: enforce). Exit 1 if a group could not
+    be read."""
+    c = _ctx(ctx)
+    data = c.client().call("POST", "/v1/reconcile", json={"dry_run": dry_run})
+    c.emit(data, render.reconcile)
+    if data["errors"]:
+        raise typer.Exit(1)
+
+
+@report_app.command("standing")
+def report_standing(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option(help="Only snapshots from this time on (RFC 3339, with offset).")
+    ] = None,
+) -> None:
+    """Admin: standing privileges per managed group, and their count over time."""
+    c = _ctx(ctx)
+    params = {"since": since} if since else {}
+    c.emit(c.client().call("GET", "/v1/reports/standing", params=params), render.standing)
 
 
 @app.command()

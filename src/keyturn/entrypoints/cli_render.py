@@ -71,13 +71,18 @@ def grant_detail(con: Console, g: dict[str, Any]) -> None:
         con.print(f"serial     {g['serial']}")
     if g.get("end_reason"):
         con.print(f"ended      {g['end_reason']} by {g['ended_by']} at {g['ended_at']}")
+    if g.get("privilege"):
+        con.print(f"privilege  {g['privilege']}")
     if g.get("last_error"):
-        con.print(f"last error {g['last_error']}")
+        retry = (
+            f" (attempt {g['attempts']}, next retry {g['retry_at']})" if g.get("retry_at") else ""
+        )
+        con.print(f"last error {g['last_error']}{retry}")
 
 
 def grant_table(con: Console, data: dict[str, Any]) -> None:
     """``keyturn grants``."""
-    table = _table("ID", "USER", "ROLE", "TARGET", "STATUS", "NOT AFTER", "ENDED")
+    table = _table("ID", "USER", "ROLE", "TARGET", "STATUS", "NOT AFTER", "ENDED", "LAST ERROR")
     for g in data["items"]:
         table.add_row(
             g["id"],
@@ -87,7 +92,41 @@ def grant_table(con: Console, data: dict[str, Any]) -> None:
             g["status"],
             g["not_after"],
             g["end_reason"] or "",
+            g["last_error"] or "",
         )
+    con.print(table)
+
+
+def reconcile(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn reconcile``."""
+    mode = "dry run: nothing changed" if data["dry_run"] else "done"
+    con.print(f"reconciliation at {data['at']} ({mode})")
+    table = _table("KIND", "PRIVILEGE", "MEMBER", "USER", "ACTION")
+    for f in data["findings"]:
+        table.add_row(f["kind"], f["privilege"], f["identity"], f["user_id"] or "-", f["action"])
+    if data["findings"]:
+        con.print(table)
+    else:
+        con.print("no findings: every member has a live grant or is allowlisted")
+    for privilege, count in data["standing"].items():
+        con.print(f"standing privileges in {privilege}: {count}")
+    for error in data["errors"]:
+        con.print(f"ERROR {error}")
+
+
+def standing(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn report standing``."""
+    if not data["privileges"]:
+        con.print("no snapshots yet: run `keyturn reconcile` (the worker does every 5 minutes)")
+        return
+    for p in data["privileges"]:
+        con.print(f"{p['privilege']} ({p['provider']}): {p['count']} standing at {p['taken_at']}")
+        for member in p["members"]:
+            con.print(f"  - {member}")
+    table = _table("TAKEN AT", "PRIVILEGE", "STANDING")
+    for h in data["history"]:
+        table.add_row(h["taken_at"], h["privilege"], str(h["count"]))
+    con.print("count over time:")
     con.print(table)
 
 

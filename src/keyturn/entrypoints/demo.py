@@ -1,12 +1,14 @@
-"""``keyturn demo``: the 02:45 story against real sshd servers, with real ssh logins.
+"""``keyturn demo``: the 02:45 story against real sshd servers and a real OpenLDAP directory.
 
-Starts a Keyturn server (store in a temporary directory) and two sshd servers standing for
-``db-1`` and ``db-2``, then plays the story with the same HTTP client the CLI uses, checking every
-observed outcome. Exits 0 only if every outcome is the expected one.
+Starts a Keyturn server (store in a temporary directory), two sshd servers standing for ``db-1``
+and ``db-2`` and a slapd standing for the corporate directory, then plays the story with the same
+HTTP client the CLI uses, checking every observed outcome against the real servers (ssh logins,
+LDAP searches). Exits 0 only if every outcome is the expected one.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -15,17 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ldap
 import yaml
 
 from keyturn import bootstrap
 from keyturn.adapters.providers.ssh_ca import public_key_path
-from keyturn.config import parse_config
+from keyturn.config import normalize_dn, parse_config
 from keyturn.domain.errors import Forbidden, KeyturnError
 from keyturn.entrypoints.api.app import token_digest
 from keyturn.entrypoints.cli import cert_path_for
 from keyturn.entrypoints.cli_client import Client, Settings
 from keyturn.entrypoints.server import Server, record_start
-from keyturn.lab import Sshd, free_port, make_user_key, ssh_login
+from keyturn.lab import (
+    Slapd,
+    Sshd,
+    child_dn,
+    example_directory,
+    free_port,
+    make_user_key,
+    ssh_login,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
 
@@ -50,15 +61,19 @@ class Story:
             self.surprises.append(f"{label}: observed {observed}, expected {expected}")
 
 
-def _config(tmp: Path, port: int, tokens: dict[str, str], sshd_ports: dict[str, int]) -> Any:
+def _config(
+    tmp: Path, port: int, tokens: dict[str, str], sshd_ports: dict[str, int], ldap_url: str
+) -> Any:
     data = yaml.safe_load(EXAMPLE.read_text())
+    data["ldap"]["url"] = ldap_url
     data["store"] = {"url": f"sqlite:///{tmp / 'keyturn.db'}"}
     data["ssh_ca"] = {"key_path": str(tmp / "ca" / "user_ca"), "clock_skew": "PT5S"}
     data["server"].update({"port": port, "worker_max_sleep": "PT0.2S"})
     for user in data["users"]:
         user["token_sha256"] = token_digest(tokens[user["id"]])
     for target in data["targets"]:
-        target["port"] = sshd_ports[target["name"]]
+        if target["name"] in sshd_ports:
+            target["port"] = sshd_ports[target["name"]]
     raw = yaml.safe_dump(data).encode()
     return parse_config(data, source="examples/keyturn.yaml (demo overrides)", raw=raw)
 
@@ -115,7 +130,14 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         ["server-admin@db-2", "db-schema-admin@db-2"],
     )
     port = free_port()
-    wired = bootstrap.build(_config(tmp, port, tokens, {"db-1": db1.port, "db-2": db2.port}))
+    directory = example_directory(tmp / "slapd")
+    password_env = {"KEYTURN_LDAP_PASSWORD": directory.service_password}
+    try:
+        config = _config(tmp, port, tokens, {"db-1": db1.port, "db-2": db2.port}, directory.url)
+        wired = bootstrap.build(config, environ=os.environ | password_env)
+    except BaseException:
+        directory.stop()
+        raise
     record_start(wired, "api")
     server = Server(wired, "127.0.0.1", port)
     server.start()
@@ -123,14 +145,23 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         db1.start()
         db2.start()
         story.say(
-            f"keyturn serving on 127.0.0.1:{port}; sshd db-1 on :{db1.port}, db-2 on :{db2.port}"
+            f"keyturn serving on 127.0.0.1:{port}; sshd db-1 on :{db1.port}, db-2 on :{db2.port}; "
+            f"slapd (corp directory) on :{directory.port}"
         )
         clients = {u: Client(Settings(f"http://127.0.0.1:{port}", t)) for u, t in tokens.items()}
         keys = {u: tmp / "home" / u / "id_ed25519" for u in ("alice", "bob", "mallory")}
         for user, key in keys.items():
             make_user_key(key, f"{user}@laptop")
         try:
-            _scene(story, clients=clients, keys=keys, db1=db1, db2=db2, window_s=window_s)
+            _scene(
+                story,
+                clients=clients,
+                keys=keys,
+                db1=db1,
+                db2=db2,
+                directory=directory,
+                window_s=window_s,
+            )
         finally:
             for client in clients.values():
                 client.close()
@@ -138,6 +169,7 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         server.stop()
         db1.stop()
         db2.stop()
+        directory.stop()
         wired.close()
 
 
@@ -148,6 +180,7 @@ def _scene(
     keys: dict[str, Path],
     db1: Sshd,
     db2: Sshd,
+    directory: Slapd,
     window_s: int,
 ) -> None:
     story.say("02:45 — the primary database db-1 is down. Alice is on call.")
@@ -167,6 +200,7 @@ def _scene(
     story.expect("alice's request", alice["status"], "approved")
     _ssh(story, "alice", db1, keys["alice"], target="db-1", expected="accepted")
     _ssh(story, "alice", db2, keys["alice"], target="db-2 (not granted)", expected="refused")
+    alice_group = _directory_scene(story, clients, directory, window_s)
 
     bob = _request(
         story,
@@ -223,6 +257,8 @@ def _scene(
     _ssh(story, "alice", db1, keys["alice"], target="db-1 after her window", expected="refused")
     grant = clients["alice"].call("GET", f"/v1/requests/{alice['id']}")["grant"]
     story.expect("alice's grant", f"{grant['status']} ({grant['end_reason']})", "revoked (expired)")
+    _wait_for_status(clients["sam"], alice_group, "revoked", timeout=20)
+    _ldap_search(story, directory, "alice", "after her window", expected="not a member")
 
     verify = clients["sam"].call("GET", "/v1/audit/verify")
     story.expect(
@@ -231,6 +267,51 @@ def _scene(
         "ok",
     )
     _timeline(story, clients["sam"])
+
+
+DB_ADMINS = "cn=db-admins,ou=groups,dc=example,dc=org"
+
+
+def _ldap_search(story: Story, directory: Slapd, user: str, when: str, *, expected: str) -> None:
+    """Read the group from the real slapd, as ``ldapsearch -b cn=db-admins,… member`` would."""
+    user_dn = child_dn("uid", user, directory.people_base)
+    members = {normalize_dn(m) for m in directory.members(DB_ADMINS)}
+    observed = "member" if normalize_dn(user_dn) in members else "not a member"
+    story.expect(f"LDAP search: {user} in cn=db-admins {when} (real slapd)", observed, expected)
+
+
+def _directory_scene(
+    story: Story, clients: dict[str, Client], directory: Slapd, window_s: int
+) -> str:
+    """Alice gets db-admins membership for a short window; a hand-added member is found."""
+    group = _request(
+        story,
+        clients["alice"],
+        "alice",
+        {
+            "role": "db-admins",
+            "target": "corp-directory",
+            "duration": f"PT{window_s}S",
+            "justification": "INC-4711: promote the replica; needs db-admins in the directory",
+            "ticket": "INC-4711",
+        },
+        None,
+    )
+    story.expect("alice's db-admins request", group["status"], "approved")
+    _ldap_search(story, directory, "alice", "during her window", expected="member")
+    mallory_dn = child_dn("uid", "mallory", directory.people_base)
+    conn = directory.connect()
+    conn.modify_s(DB_ADMINS, [(ldap.MOD_ADD, "member", [mallory_dn.encode()])])
+    conn.unbind_s()
+    story.say("someone adds mallory to cn=db-admins by hand, outside Keyturn …")
+    found = clients["sam"].call("POST", "/v1/reconcile", json={"dry_run": False})
+    standing = [f for f in found["findings"] if f["kind"] == "standing"]
+    story.expect(
+        "keyturn reconcile: standing privileges in cn=db-admins",
+        ", ".join(f"{f['user_id']} ({f['action']})" for f in standing) or "none",
+        "mallory (reported)",
+    )
+    return str(group["grant"]["id"])
 
 
 def _wait_for_status(client: Client, grant_id: str, status: str, timeout: float) -> None:
@@ -254,6 +335,8 @@ def _timeline(story: Story, auditor: Client) -> None:
             extra = f"granted in {d['time_to_grant_ms']} ms, until {d['not_after']}"
         elif e["action"] in ("grant.expired", "grant.revoked", "grant.released"):
             extra = "verified" if d.get("verified") else ""
+        elif e["action"] == "reconcile.finding":
+            extra = f"{d['kind']}: {e['subject']['identity']} ({d['action']})"
         who = e["subject"].get("user_id", "")
         print(
             f"  {e['seq']:>3} {e['at'][11:23]} {e['actor']:<14} {e['action']:<18} {who:<8} {extra}"

@@ -1,4 +1,4 @@
-"""The expiry worker: ends due grants, finishes interrupted work, keeps the KRL current.
+"""The expiry worker: ends due grants, finishes interrupted work, reconciles, keeps the KRL current.
 
 The store is the source of truth (no in-memory timers): each pass claims due grants, then
 sleeps until the next ``not_after`` (at most ``server.worker_max_sleep``). After a restart it
@@ -15,14 +15,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.bootstrap import App
 from keyturn.domain.errors import KeyturnError
-from keyturn.service import access, grants
+from keyturn.service import access, grants, standing
 
 log = structlog.get_logger("keyturn.worker")
 MIN_SLEEP = timedelta(milliseconds=20)
 
 
-def run_once(app: App, *, stale_after: timedelta = grants.STALE_AFTER) -> int:
-    """One pass: expire due grants, reconcile interrupted ones, refresh the KRL.
+def run_once(app: App, *, reconcile_standing: bool = False) -> int:
+    """One pass: expire pending requests and due grants, finish interrupted or failed
+    revocations, optionally reconcile managed privileges, refresh the KRL.
 
     Returns:
         How many grants were acted on.
@@ -30,7 +31,19 @@ def run_once(app: App, *, stale_after: timedelta = grants.STALE_AFTER) -> int:
     for request in access.expire_pending(app.deps):
         log.info("request expired unanswered", request_id=request.id, user=request.requester_id)
     expired = grants.expire_due(app.deps)
-    fixed = grants.reconcile(app.deps, stale_after=stale_after)
+    fixed = grants.resume_unfinished(app.deps)
+    if reconcile_standing:
+        report = standing.reconcile(app.deps)
+        for finding in report.findings:
+            log.warning(
+                "reconciliation finding",
+                kind=finding.kind,
+                privilege=finding.privilege,
+                identity=finding.identity,
+                action=finding.action,
+            )
+        for error in report.errors:
+            log.error("reconciliation could not read a provider", error=error)
     app.ssh.ensure_krl(app.deps.clock.now())
     for grant in expired + fixed:
         log.info("grant", grant_id=grant.id, status=str(grant.status), user=grant.user_id)
@@ -38,7 +51,8 @@ def run_once(app: App, *, stale_after: timedelta = grants.STALE_AFTER) -> int:
 
 
 def seconds_until_next(app: App) -> float:
-    """How long the worker may sleep: until the next due grant, within [20 ms, max sleep]."""
+    """How long the worker may sleep: until the next due grant or retry, within
+    [20 ms, ``server.worker_max_sleep``]."""
     cap = app.deps.config.server.worker_max_sleep
     with app.deps.store.transaction() as tx:
         due = tx.next_due_at()
@@ -48,12 +62,19 @@ def seconds_until_next(app: App) -> float:
 
 def run(app: App, stop: threading.Event) -> None:
     """Loop until ``stop`` is set. Store or provider outages, and even bugs, are logged and the
-    pass is retried: the rows stay in the store, so nothing is lost while the worker waits."""
+    pass is retried: the rows stay in the store, so nothing is lost while the worker waits.
+    Managed privileges are reconciled at start and every ``server.reconcile_interval``."""
     log.info("worker started")
     failures = 0
+    interval = app.deps.config.server.reconcile_interval
+    next_reconcile = app.deps.clock.now()
     while not stop.is_set():
         try:
-            run_once(app)
+            now = app.deps.clock.now()
+            due = now >= next_reconcile
+            run_once(app, reconcile_standing=due)
+            if due:
+                next_reconcile = now + interval
             wait = seconds_until_next(app)
         except (KeyturnError, SQLAlchemyError) as exc:
             failures += 1

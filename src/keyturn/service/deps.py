@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from keyturn.config import KeyturnConfig, UserConfig
 from keyturn.domain.errors import ProviderError
 from keyturn.domain.policy import PolicyEngine
-from keyturn.ports import Clock, Provider, Store
+from keyturn.ports import Clock, ManagedPrivileges, Notifier, Provider, Store
+from keyturn.service.metrics import Metrics
 
 
 def random_id(prefix: str) -> str:
@@ -22,11 +23,18 @@ def random_serial() -> int:
     return secrets.randbelow(2**63 - 2) + 1
 
 
+def _default_notifier() -> Notifier:
+    from keyturn.adapters.notifiers.webhook import LogNotifier
+
+    return LogNotifier()
+
+
 @dataclass
 class Deps:
     """What services need: configuration, policy, store, clock, providers, id/serial sources.
 
     ``new_id`` and ``new_serial`` are injectable so tests can make runs reproducible.
+    ``notifier`` receives alerts (a failing revocation); ``metrics`` counts what happens.
     """
 
     config: KeyturnConfig
@@ -36,6 +44,8 @@ class Deps:
     providers: dict[str, Provider]
     new_id: Callable[[str], str] = field(default=random_id)
     new_serial: Callable[[], int] = field(default=random_serial)
+    notifier: Notifier = field(default_factory=_default_notifier)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def provider(self, name: str) -> Provider:
         """The provider bound to ``name``.
@@ -47,6 +57,10 @@ class Deps:
             return self.providers[name]
         except KeyError as exc:
             raise ProviderError(f"no provider {name!r} is configured", retryable=False) from exc
+
+    def managed(self) -> list[ManagedPrivileges]:
+        """The providers whose privileges reconciliation compares with grants."""
+        return [p for p in self.providers.values() if isinstance(p, ManagedPrivileges)]
 
     def is_admin(self, user: UserConfig) -> bool:
         """True if the user may revoke any grant and see every request."""

@@ -1,31 +1,35 @@
-"""Grant lifecycle: activation, early end (release/revoke), expiry and reconciliation.
+"""Grant lifecycle: activation, extension, early end (release/revoke), expiry, resumption.
 
 Write-ahead: every state is committed before the provider is called, so a crash at any point
-leaves a row (``provisioning``, ``revoking``, ``revoke_failed``) that :func:`reconcile` finishes.
-A grant becomes ``active`` only when the provider reads the privilege back, and ``revoked`` only
-when it reads back that the privilege is gone. A failed revoke is recorded (``revoke_failed``,
-an audit event), never swallowed, and retried by the worker.
+leaves a row (``provisioning``, ``revoking``, ``revoke_failed``) that :func:`resume_unfinished`
+finishes. A grant becomes ``active`` only when the provider reads the privilege back, and
+``revoked`` only when it reads back that the privilege is gone. A failed revoke is recorded
+(``revoke_failed``, an audit event, a metric, an alert on the first failure), never swallowed,
+and retried forever with exponential backoff and jitter (tenacity's ``wait_random_exponential``)
+at times stored in the row, so retries survive restarts and one stuck grant never delays another.
+
+Overlap: grants of one user that share a privilege (the same directory group) keep it until the
+last of them ends; ending one never cuts the others (the AWS TEAM #279 bug).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
+
+import tenacity
 
 from keyturn.config import UserConfig
 from keyturn.domain.audit import AuditDraft, format_time
-from keyturn.domain.errors import Conflict, Forbidden, ProviderError
-from keyturn.domain.model import AccessRequest, EndReason, Grant, GrantStatus
-from keyturn.ports import StoreTx
+from keyturn.domain.durations import humanize
+from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, ProviderError
+from keyturn.domain.model import AccessRequest, EndReason, Grant, GrantStatus, Outcome
+from keyturn.domain.policy import base_facts, is_eligible
+from keyturn.ports import Provider, StoreTx
 from keyturn.service.deps import Deps
 
 SYSTEM_WORKER = "system:worker"
-STALE_AFTER = timedelta(seconds=60)
-"""A ``provisioning`` or ``revoking`` row untouched this long is taken over by reconciliation."""
-
-RETRY_BASE = timedelta(seconds=1)
-RETRY_CAP = timedelta(minutes=5)
 
 
 def subject(grant: Grant) -> dict[str, str]:
@@ -42,6 +46,7 @@ def new_grant(deps: Deps, tx: StoreTx, request: AccessRequest, now: datetime) ->
     if role is None:
         raise ProviderError(f"role {request.role!r} is not configured", retryable=False)
     provider = role.provider
+    privilege = deps.provider(provider).privilege(request.role, request.target)
     grant = Grant(
         id=deps.new_id("grt"),
         request_id=request.id,
@@ -55,6 +60,7 @@ def new_grant(deps: Deps, tx: StoreTx, request: AccessRequest, now: datetime) ->
         created_at=now,
         updated_at=now,
         serial=deps.new_serial() if provider == "ssh" else None,
+        privilege=privilege,
     )
     tx.add_grant(grant)
     tx.append_audit(
@@ -71,6 +77,7 @@ def _window(grant: Grant) -> dict[str, object]:
         "not_before": format_time(grant.not_before),
         "not_after": format_time(grant.not_after),
         "serial": _serial(grant),
+        "privilege": grant.privilege,
     }
 
 
@@ -83,47 +90,178 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest) -> Grant:
     """Call the provider for a ``provisioning`` grant, verify, commit ``active`` (or ``failed``).
 
     Returns:
-        The grant as committed. A provider failure leaves it ``failed`` with the reason (nothing
-        half-granted is left behind: a failed SSH signing hands out no certificate).
+        The grant as committed. A provider failure leaves it ``failed`` with the reason, and
+        nothing half-granted: a privilege this call added but could not verify is taken away
+        again (unless another live grant of the user shares it). If even that fails, the
+        ``grant.failed`` event says so and reconciliation removes the leftover.
     """
     provider = deps.provider(grant.provider)
+    granted = None
     try:
         if deps.clock.now() >= grant.not_after:
             raise ProviderError(
                 "the window closed before the privilege was granted", retryable=False
             )
-        credentials = provider.grant(grant, request)
-        candidate = dataclasses.replace(grant, credentials=credentials)
+        granted = provider.grant(grant, request)
+        candidate = dataclasses.replace(grant, credentials=granted.credentials)
         if not provider.verify_granted(candidate):
             raise ProviderError(
                 "the privilege could not be read back after granting", retryable=True
             )
     except ProviderError as exc:
+        details: dict[str, object] = {"error": exc.message}
+        if granted is not None and not granted.already_present:
+            details["cleanup"] = _take_back(deps, provider, grant)
         now = deps.clock.now()
         with deps.store.transaction() as tx:
             failed = tx.get_grant(grant.id, lock=True).transition(
                 GrantStatus.FAILED, now, last_error=exc.message, attempts=grant.attempts + 1
             )
             tx.save_grant(failed)
-            tx.append_audit(
-                AuditDraft(
-                    now, SYSTEM_WORKER, "grant.failed", subject(grant), {"error": exc.message}
-                )
-            )
+            tx.append_audit(AuditDraft(now, SYSTEM_WORKER, "grant.failed", subject(grant), details))
         return failed
     now = deps.clock.now()
     with deps.store.transaction() as tx:
         active = tx.get_grant(grant.id, lock=True).transition(
-            GrantStatus.ACTIVE, now, credentials=credentials
+            GrantStatus.ACTIVE, now, credentials=granted.credentials
         )
         tx.save_grant(active)
-        details = _window(active) | {"time_to_grant_ms": _ms(now - request.created_at)}
+        details = _window(active) | {
+            "time_to_grant_ms": _ms(now - request.created_at),
+            "already_present": granted.already_present,
+            "verified": True,
+        }
         tx.append_audit(AuditDraft(now, SYSTEM_WORKER, "grant.issued", subject(active), details))
+    deps.metrics.grants_issued.labels(grant.provider).inc()
     return active
+
+
+def _take_back(deps: Deps, provider: Provider, grant: Grant) -> str:
+    """Undo a grant that could not be verified; say what happened (for the audit event)."""
+    if _sharing(deps, grant):
+        return "kept: another live grant of this user holds the same privilege"
+    try:
+        provider.revoke(grant, deps.clock.now())
+    except ProviderError as exc:
+        return f"failed ({exc.message}); reconciliation removes any leftover"
+    return "removed"
 
 
 def _ms(delta: timedelta) -> int:
     return max(0, int(delta.total_seconds() * 1000))
+
+
+def _sharing(deps: Deps, grant: Grant) -> list[Grant]:
+    """The user's other live grants holding the same shared privilege."""
+    if grant.privilege is None:
+        return []
+    with deps.store.transaction() as tx:
+        holding = tx.grants_holding(grant.provider, grant.privilege, user_id=grant.user_id)
+    return [g for g in holding if g.id != grant.id]
+
+
+def extend(deps: Deps, actor: UserConfig, grant_id: str, extra: timedelta) -> Grant:
+    """Lengthen one's own active grant by ``extra``, without a gap in access.
+
+    The new total window (``not_before`` to the new ``not_after``) must be within the role's
+    ``max_duration``, and the policy in force now must auto-approve a request for that total
+    duration (eligibility included); an extension never needs less than a new request would.
+    The provider issues credentials for the new window (a new SSH certificate with the same
+    serial; for a group membership nothing changes on the directory).
+
+    Raises:
+        InvalidInput: ``extra`` is not positive, or the total would exceed the role's maximum.
+        NotFound: no such grant. Forbidden: not the actor's grant, or the policy does not
+        auto-approve the longer window. Conflict: the grant is not active or has expired.
+        ProviderError: new credentials could not be issued (nothing changed).
+    """
+    if extra <= timedelta(0):
+        raise InvalidInput("the extension must be longer than zero", field="duration")
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        grant = tx.get_grant(grant_id)
+        if grant.user_id != actor.id:
+            raise Forbidden("you can only extend your own grants", grant_id=grant_id)
+        if grant.status is not GrantStatus.ACTIVE or grant.not_after <= now:
+            state = "expired" if grant.status is GrantStatus.ACTIVE else str(grant.status)
+            raise Conflict(
+                f"grant {grant_id} is {state}; only an active grant can be extended",
+                grant_id=grant_id,
+                state=state,
+            )
+        request = tx.get_request(grant.request_id)
+    decision_rule = _check_extension(
+        deps, actor=actor, grant=grant, request=request, extra=extra, now=now
+    )
+    longer = dataclasses.replace(grant, not_after=grant.not_after + extra)
+    credentials = deps.provider(grant.provider).extend(longer, request)
+    with deps.store.transaction() as tx:
+        current = tx.get_grant(grant_id, lock=True)
+        if current.status is not GrantStatus.ACTIVE or current.not_after != grant.not_after:
+            raise Conflict(f"grant {grant_id} changed meanwhile; try again", grant_id=grant_id)
+        extended = dataclasses.replace(
+            current, not_after=longer.not_after, credentials=credentials, updated_at=now
+        )
+        tx.save_grant(extended)
+        tx.append_audit(
+            AuditDraft(
+                now,
+                actor.id,
+                "grant.extended",
+                subject(extended),
+                {
+                    "from": format_time(grant.not_after),
+                    "to": format_time(extended.not_after),
+                    "extra_s": int(extra.total_seconds()),
+                    "rule": decision_rule,
+                },
+            )
+        )
+    return extended
+
+
+def _check_extension(
+    deps: Deps,
+    *,
+    actor: UserConfig,
+    grant: Grant,
+    request: AccessRequest,
+    extra: timedelta,
+    now: datetime,
+) -> str:
+    role = deps.config.role(grant.role)
+    target = deps.config.target(grant.target)
+    if role is None or target is None:
+        raise Conflict("the grant's role or target is no longer configured", grant_id=grant.id)
+    total = grant.not_after + extra - grant.not_before
+    if total > role.max_duration:
+        room = max(timedelta(0), role.max_duration - (grant.not_after - grant.not_before))
+        raise InvalidInput(
+            f"the grant would last {humanize(total)} in all; role {role.name} allows at most "
+            f"{humanize(role.max_duration)} (at most {humanize(room)} more)",
+            field="duration",
+        )
+    facts = base_facts(
+        user=actor,
+        role=role,
+        target=target,
+        duration=total,
+        justification=request.justification,
+        ticket=request.ticket,
+        now=now,
+        timezone=deps.config.policy.timezone,
+    )
+    decision = deps.policy.decide(
+        eligible=is_eligible(deps.config, actor, role.name, target), facts=facts
+    )
+    if decision.outcome is not Outcome.AUTO_APPROVE:
+        why = "; ".join(decision.reasons) or decision.rule
+        raise Forbidden(
+            f"the policy does not approve extending this grant by itself ({decision.rule}: "
+            f"{why}); request access again",
+            rule=decision.rule,
+        )
+    return decision.rule
 
 
 def release(deps: Deps, actor: UserConfig, grant_id: str) -> Grant:
@@ -173,48 +311,127 @@ def _mark_revoking(
     return revoking
 
 
+def retry_delay(attempts: int, initial: timedelta, cap: timedelta) -> timedelta:
+    """Wait before retry number ``attempts`` (1-based) of a failed revocation.
+
+    Exponential backoff with full jitter (tenacity ``wait_random_exponential``): uniform between
+    ``initial`` and ``min(cap, initial * 2**(attempts-1))``. Jitter spreads the retries of many
+    grants that failed together (a directory outage) so they do not return in one burst.
+    """
+    wait = tenacity.wait_random_exponential(
+        multiplier=initial.total_seconds(),
+        max=cap.total_seconds(),
+        min=initial.total_seconds(),
+    )
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.attempt_number = max(1, attempts)
+    return timedelta(seconds=wait(state))
+
+
 def finish_revoke(deps: Deps, grant: Grant) -> Grant:
-    """Call the provider for a ``revoking``/``revoke_failed`` grant, verify, and commit the result.
+    """Call the provider for a ``revoking``/``revoke_failed`` grant, verify, commit the result.
+
+    If another live grant of the same user shares the privilege, the privilege is kept for it
+    and this grant ends without a provider call (``kept_for`` in the audit event).
 
     Returns:
         The grant as committed: ``revoked`` when the provider reads back that the privilege is
-        gone, else ``revoke_failed`` with the error (and an audit event) for the worker to retry.
+        gone (or kept for an overlapping grant), else ``revoke_failed`` with the error, an
+        audit event, and a ``retry_at`` for the worker.
     """
     provider = deps.provider(grant.provider)
+    sharing = _sharing(deps, grant)
+    if sharing:
+        return _commit_revoked(deps, grant, {"kept_for": [g.id for g in sharing]})
     now = deps.clock.now()
+    deps.metrics.revocations_attempted.labels(grant.provider).inc()
     try:
-        provider.revoke(grant, now)
+        already_gone = provider.revoke(grant, now)
         if not provider.verify_revoked(grant, now):
             raise ProviderError("the privilege is still present after revoking", retryable=True)
     except ProviderError as exc:
-        with deps.store.transaction() as tx:
-            failed = tx.get_grant(grant.id, lock=True).transition(
-                GrantStatus.REVOKE_FAILED, now, last_error=exc.message, attempts=grant.attempts + 1
-            )
-            tx.save_grant(failed)
-            tx.append_audit(
-                AuditDraft(
-                    now,
-                    SYSTEM_WORKER,
-                    "grant.revoke_failed",
-                    subject(grant),
-                    {"error": exc.message, "attempt": failed.attempts},
-                )
-            )
-        return failed
+        return _revoke_failed(deps, grant, exc, now)
+    done = _commit_revoked(deps, grant, {"verified": True, "already_gone": already_gone})
+    deps.metrics.revocations_succeeded.labels(grant.provider).inc()
+    if done.end_reason is EndReason.EXPIRED:
+        lag = (done.updated_at - done.not_after).total_seconds()
+        deps.metrics.revocation_lag.labels(grant.provider).observe(max(0.0, lag))
+    _restore_overlapping(deps, provider, done)
+    return done
+
+
+def _commit_revoked(deps: Deps, grant: Grant, details: dict[str, object]) -> Grant:
+    now = deps.clock.now()
     with deps.store.transaction() as tx:
         done = tx.get_grant(grant.id, lock=True).transition(
-            GrantStatus.REVOKED, now, last_error=None, attempts=grant.attempts + 1
+            GrantStatus.REVOKED, now, last_error=None, retry_at=None, attempts=grant.attempts + 1
         )
         tx.save_grant(done)
         action = f"grant.{done.end_reason or EndReason.REVOKED}"
-        details: dict[str, object] = {"verified": True, "serial": _serial(done)}
+        details = details | {"serial": _serial(done)}
         if done.end_reason is EndReason.EXPIRED:
             details["lag_ms"] = _ms(now - done.not_after)
         tx.append_audit(
             AuditDraft(now, done.ended_by or SYSTEM_WORKER, action, subject(done), details)
         )
     return done
+
+
+def _revoke_failed(deps: Deps, grant: Grant, exc: ProviderError, now: datetime) -> Grant:
+    server = deps.config.server
+    first = grant.status is not GrantStatus.REVOKE_FAILED
+    attempts = grant.attempts + 1
+    retry_at = now + retry_delay(attempts, server.retry_initial, server.retry_max)
+    with deps.store.transaction() as tx:
+        failed = tx.get_grant(grant.id, lock=True).transition(
+            GrantStatus.REVOKE_FAILED,
+            now,
+            last_error=exc.message,
+            attempts=attempts,
+            retry_at=retry_at,
+        )
+        tx.save_grant(failed)
+        details = {"error": exc.message, "attempt": attempts, "retry_at": format_time(retry_at)}
+        tx.append_audit(
+            AuditDraft(now, SYSTEM_WORKER, "grant.revoke_failed", subject(grant), details)
+        )
+        if first:
+            tx.append_audit(
+                AuditDraft(now, SYSTEM_WORKER, "alert.revoke_failed", subject(grant), details)
+            )
+    deps.metrics.revocations_failed.labels(grant.provider).inc()
+    if first:
+        deps.metrics.revoke_failed_alerts.labels(grant.provider).inc()
+        deps.notifier.alert(
+            "revoke_failed",
+            f"revocation of grant {grant.id} ({grant.role} on {grant.target} for "
+            f"{grant.user_id}) failed; retrying",
+            {k: str(v) for k, v in (subject(grant) | details).items()},
+        )
+    return failed
+
+
+def _restore_overlapping(deps: Deps, provider: Provider, ended: Grant) -> None:
+    """A grant of the same privilege that went live while this one was being removed must not
+    lose it: give it back (idempotent) and record that."""
+    for other in _sharing(deps, ended):
+        now = deps.clock.now()
+        with deps.store.transaction() as tx:
+            request = tx.get_request(other.request_id)
+        try:
+            provider.grant(other, request)
+            outcome = "restored"
+        except ProviderError as exc:
+            outcome = f"failed ({exc.message}); reconciliation restores it"
+        record = AuditDraft(
+            now,
+            SYSTEM_WORKER,
+            "grant.restored",
+            subject(other),
+            {"after": ended.id, "outcome": outcome},
+        )
+        with deps.store.transaction() as tx:
+            tx.append_audit(record)
 
 
 def expire_due(deps: Deps, *, limit: int = 500) -> list[Grant]:
@@ -244,18 +461,14 @@ def _each(grants: list[Grant], step: Callable[[Grant], Grant]) -> list[Grant]:
     return done
 
 
-def retry_delay(attempts: int) -> timedelta:
-    """Exponential backoff for revoke retries: 1 s, 2 s, 4 s … capped at 5 minutes."""
-    factor: int = 2 ** min(max(attempts - 1, 0), 20)
-    return min(RETRY_CAP, RETRY_BASE * factor)
-
-
-def reconcile(deps: Deps, *, stale_after: timedelta = STALE_AFTER, limit: int = 200) -> list[Grant]:
+def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
     """Finish what a crash or an outage interrupted.
 
-    * ``provisioning`` rows older than ``stale_after``: grant again (idempotent) and verify.
-    * ``revoking`` rows older than ``stale_after``: revoke again and verify.
-    * ``revoke_failed`` rows whose backoff has passed: revoke again and verify.
+    * ``provisioning`` rows untouched for ``server.stale_after``: grant again (idempotent),
+      verify, commit ``active`` (or ``failed`` if the window closed meanwhile, taking back
+      what was added).
+    * ``revoking`` rows untouched for ``server.stale_after``: revoke again and verify.
+    * ``revoke_failed`` rows whose ``retry_at`` has come: revoke again and verify.
 
     Claimed rows get ``updated_at = now`` (a lease) in the claiming transaction, so another
     instance does not take them over while this one works on them.
@@ -264,14 +477,12 @@ def reconcile(deps: Deps, *, stale_after: timedelta = STALE_AFTER, limit: int = 
         The grants acted on, as committed.
     """
     now = deps.clock.now()
-    states: Sequence[GrantStatus] = (
-        GrantStatus.PROVISIONING,
-        GrantStatus.REVOKING,
-        GrantStatus.REVOKE_FAILED,
-    )
+    stale_before = now - deps.config.server.stale_after
     with deps.store.transaction() as tx:
-        due = [g for g in tx.claim_grants_in(states, limit) if _retry_due(g, now, stale_after)]
-        leased = [dataclasses.replace(g, updated_at=now) for g in due]
+        leased = [
+            dataclasses.replace(g, updated_at=now)
+            for g in tx.claim_unfinished(now, stale_before, limit)
+        ]
         for grant in leased:  # the lease: other instances see it fresh and leave it alone
             tx.save_grant(grant)
         requests = {g.id: tx.get_request(g.request_id) for g in leased}
@@ -282,9 +493,3 @@ def reconcile(deps: Deps, *, stale_after: timedelta = STALE_AFTER, limit: int = 
         return finish_revoke(deps, grant)
 
     return _each(leased, step)
-
-
-def _retry_due(grant: Grant, now: datetime, stale_after: timedelta) -> bool:
-    if grant.status is GrantStatus.REVOKE_FAILED:
-        return now - grant.updated_at >= retry_delay(grant.attempts)
-    return now - grant.updated_at >= stale_after

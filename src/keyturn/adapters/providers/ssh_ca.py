@@ -35,6 +35,7 @@ from keyturn.config import RoleConfig, SshRoleConfig
 from keyturn.domain.errors import ConfigError, ProviderError
 from keyturn.domain.model import AccessRequest, Grant
 from keyturn.domain.ssh_keys import UserPublicKey, parse_user_public_key
+from keyturn.ports import Granted
 
 _SERIAL_LINE = re.compile(r"^serial:\s*(\d+)(?:-(\d+))?\s*$")
 
@@ -211,8 +212,32 @@ class SshCertificateProvider:
         """The CA line for targets' ``TrustedUserCAKeys``."""
         return ca_public_line(self._ca_key)
 
-    def grant(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
-        """Sign the requester's key for the grant's window (idempotent: same serial and window)."""
+    def privilege(self, role: str, target: str) -> str | None:
+        """Each certificate is its own privilege: no overlap between grants."""
+        return None
+
+    def check(self) -> None:
+        """The CA key is loaded and the KRL file is in place.
+
+        Raises:
+            ProviderError: the KRL file is missing (sshd would refuse every login).
+        """
+        if not self.krl_path.exists():
+            raise ProviderError(f"the KRL {self.krl_path} is missing", retryable=True)
+
+    def grant(self, grant: Grant, request: AccessRequest) -> Granted:
+        """Sign the requester's key for the grant's window (idempotent: same serial and window).
+
+        A certificate is new data each time: ``already_present`` is always False.
+        """
+        return Granted({"ssh_certificate": self._certificate(grant, request)})
+
+    def extend(self, grant: Grant, request: AccessRequest) -> dict[str, str]:
+        """A new certificate for the longer window, with the grant's serial and key id: the old
+        one stays valid until its own end (no gap), and one KRL entry still covers both."""
+        return {"ssh_certificate": self._certificate(grant, request)}
+
+    def _certificate(self, grant: Grant, request: AccessRequest) -> str:
         if grant.serial is None or not request.ssh_public_key:
             raise ProviderError(
                 "an SSH grant needs a serial and the requester's public key", retryable=False
@@ -226,8 +251,7 @@ class SshCertificateProvider:
             valid_before=grant.not_after,
             options=role.ssh,
         )
-        cert = build_certificate(self._ca_key, parse_user_public_key(request.ssh_public_key), spec)
-        return {"ssh_certificate": cert}
+        return build_certificate(self._ca_key, parse_user_public_key(request.ssh_public_key), spec)
 
     def verify_granted(self, grant: Grant) -> bool:
         """The stored certificate is signed by this CA, for this grant, until ``not_after``."""
@@ -263,11 +287,13 @@ class SshCertificateProvider:
             role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
         )
 
-    def revoke(self, grant: Grant, now: datetime) -> None:
+    def revoke(self, grant: Grant, now: datetime) -> bool:
         """An early end puts the serial in the KRL; a closed window needs nothing (expiry is in
-        the certificate)."""
+        the certificate). Returns True when nothing had to be done (the window had closed)."""
         if grant.serial is not None and grant.ends_early(now):
             self.write_krl(now)
+            return False
+        return True
 
     def verify_revoked(self, grant: Grant, now: datetime) -> bool:
         """Gone if the window closed, or if the serial reads back from the KRL file."""

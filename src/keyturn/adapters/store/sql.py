@@ -7,7 +7,7 @@ grants, ``FOR UPDATE`` on the single audit head row so the chain stays one chain
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,12 +23,14 @@ from keyturn.adapters.store import tables as t
 from keyturn.domain.audit import AuditDraft, AuditEvent, chain, format_time
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.domain.model import (
+    LIVE_GRANT_STATES,
     AccessRequest,
     EndReason,
     Grant,
     GrantStatus,
     RequestStatus,
     Review,
+    StandingSnapshot,
     Verdict,
     decision_from_data,
     decision_to_data,
@@ -120,6 +122,11 @@ def _request(row: sa.Row[Any]) -> AccessRequest:
     )
 
 
+def _aware(value: datetime) -> datetime:
+    """Aggregates may come back naive on some drivers; the store's times are all UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _grant_row(g: Grant) -> dict[str, Any]:
     return {
         "id": g.id,
@@ -140,6 +147,8 @@ def _grant_row(g: Grant) -> dict[str, Any]:
         "last_error": g.last_error,
         "created_at": g.created_at,
         "updated_at": g.updated_at,
+        "privilege": g.privilege,
+        "retry_at": g.retry_at,
     }
 
 
@@ -328,26 +337,100 @@ class SqlTx:
         )
         return [_grant(r) for r in self._c.execute(q)]
 
-    def claim_grants_in(self, states: Sequence[GrantStatus], limit: int) -> list[Grant]:
-        """Grants in ``states``, oldest update first, locked (SKIP LOCKED)."""
+    def claim_unfinished(self, now: datetime, stale_before: datetime, limit: int) -> list[Grant]:
+        """Interrupted and retry-due grants, oldest update first, locked (SKIP LOCKED)."""
+        g = t.grants.c
         q = (
             sa.select(t.grants)
-            .where(t.grants.c.status.in_([str(s) for s in states]))
-            .order_by(t.grants.c.updated_at)
+            .where(
+                sa.or_(
+                    sa.and_(
+                        g.status.in_([str(GrantStatus.PROVISIONING), str(GrantStatus.REVOKING)]),
+                        g.updated_at <= stale_before,
+                    ),
+                    sa.and_(
+                        g.status == str(GrantStatus.REVOKE_FAILED),
+                        sa.or_(g.retry_at.is_(None), g.retry_at <= now),
+                    ),
+                )
+            )
+            .order_by(g.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return [_grant(r) for r in self._c.execute(q)]
 
     def next_due_at(self) -> datetime | None:
-        """Earliest ``not_after`` of an active grant."""
-        value: datetime | None = self._c.execute(
-            sa.select(t.grants.c.not_after)
-            .where(t.grants.c.status == str(GrantStatus.ACTIVE))
-            .order_by(t.grants.c.not_after)
-            .limit(1)
+        """Earliest ``not_after`` of an active grant or ``retry_at`` of a revoke_failed one."""
+        g = t.grants.c
+        due: datetime | None = self._c.execute(
+            sa.select(sa.func.min(g.not_after)).where(g.status == str(GrantStatus.ACTIVE))
         ).scalar()
-        return value
+        retry: datetime | None = self._c.execute(
+            sa.select(sa.func.min(g.retry_at)).where(g.status == str(GrantStatus.REVOKE_FAILED))
+        ).scalar()
+        found = [_aware(v) for v in (due, retry) if v is not None]
+        return min(found) if found else None
+
+    def grants_holding(
+        self, provider: str, privilege: str, *, user_id: str | None = None
+    ) -> list[Grant]:
+        """Live (provisioning/active) grants of this provider's privilege, oldest first."""
+        g = t.grants.c
+        q = sa.select(t.grants).where(
+            g.provider == provider,
+            g.privilege == privilege,
+            g.status.in_([str(s) for s in LIVE_GRANT_STATES]),
+        )
+        if user_id is not None:
+            q = q.where(g.user_id == user_id)
+        return [_grant(r) for r in self._c.execute(q.order_by(g.created_at, g.id))]
+
+    def ended_holders(self, provider: str, privilege: str) -> set[str]:
+        """Users who ever held this privilege through a grant that has ended."""
+        g = t.grants.c
+        q = (
+            sa.select(g.user_id)
+            .where(
+                g.provider == provider,
+                g.privilege == privilege,
+                g.status.not_in([str(s) for s in LIVE_GRANT_STATES]),
+            )
+            .distinct()
+        )
+        return set(self._c.execute(q).scalars())
+
+    def grant_counts(self) -> dict[GrantStatus, int]:
+        """How many grants are in each state (states with none are absent)."""
+        q = sa.select(t.grants.c.status, sa.func.count()).group_by(t.grants.c.status)
+        return {GrantStatus(status): int(n) for status, n in self._c.execute(q)}
+
+    def add_standing_snapshot(self, snapshot: StandingSnapshot) -> None:
+        """Record who held a managed privilege without a grant."""
+        self._c.execute(
+            t.standing_snapshots.insert().values(
+                taken_at=snapshot.taken_at,
+                provider=snapshot.provider,
+                privilege=snapshot.privilege,
+                members=list(snapshot.members),
+            )
+        )
+
+    def standing_snapshots(self, *, since: datetime | None = None) -> list[StandingSnapshot]:
+        """Snapshots oldest first (all, or those taken at or after ``since``)."""
+        s = t.standing_snapshots.c
+        q = sa.select(t.standing_snapshots)
+        if since is not None:
+            q = q.where(s.taken_at >= since)
+        return [
+            StandingSnapshot(
+                taken_at=r.taken_at,
+                provider=r.provider,
+                privilege=r.privilege,
+                members=tuple(r.members),
+            )
+            for r in self._c.execute(q.order_by(s.taken_at, s.id))
+        ]
 
     def early_revoked_serials(self, now: datetime) -> list[int]:
         """Serials of grants ended early (released/revoked) whose window is still open."""

@@ -89,7 +89,20 @@ grants = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("privilege", sa.String(1024)),
+    sa.Column("retry_at", UTCDateTime),
     sa.Index("ix_grants_status_not_after", "status", "not_after"),
+    sa.Index("ix_grants_privilege", "provider", "privilege", "user_id", "status"),
+)
+
+standing_snapshots = sa.Table(
+    "standing_snapshots",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("taken_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("privilege", sa.String(1024), nullable=False),
+    sa.Column("members", sa.JSON, nullable=False),
 )
 
 audit_events = sa.Table(

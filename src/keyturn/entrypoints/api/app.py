@@ -1,33 +1,39 @@
 """The HTTP API (FastAPI). Routes only parse, call a service function, and render.
 
-Every endpoint but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``; the
-token's SHA-256 is looked up among the configured users (the token itself is never stored).
+Every endpoint but ``/healthz``, ``/readyz`` and ``/metrics`` needs
+``Authorization: Bearer <token>``; the token's SHA-256 is looked up among the configured users
+(the token itself is never stored).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from keyturn import __version__
 from keyturn.bootstrap import App
 from keyturn.config import UserConfig
 from keyturn.domain.durations import parse_iso_duration
-from keyturn.domain.errors import Unauthenticated
+from keyturn.domain.errors import Forbidden, InvalidInput, Unauthenticated
 from keyturn.domain.model import GrantStatus, RequestStatus, Verdict
 from keyturn.entrypoints.api import problems
 from keyturn.entrypoints.api.schemas import (
     AccessRequestBody,
     CommentBody,
+    ExtendBody,
+    ReconcileBody,
     render_event,
     render_grant,
     render_request,
+    render_standing,
 )
-from keyturn.service import access, audit_log, grants
+from keyturn.service import access, audit_log, grants, standing
 from keyturn.service.access import RequestInput
 
 _bearer = HTTPBearer(auto_error=False)
@@ -74,7 +80,8 @@ def create_app(app: App) -> FastAPI:
 
     @api.get("/readyz", tags=["health"])
     def readyz(response: Response) -> dict[str, Any]:
-        """Readiness: the store answers and the KRL is in place."""
+        """Readiness: the store answers and every provider passes its check (the KRL is in
+        place; the directory accepts Keyturn's bind and its groups can be read)."""
         checks: dict[str, str] = {}
         try:
             with deps.store.transaction() as tx:
@@ -82,7 +89,7 @@ def create_app(app: App) -> FastAPI:
             checks["store"] = "ok"
         except Exception as exc:  # readiness reports any failure as a check result
             checks["store"] = f"failed: {type(exc).__name__}"
-        checks["krl"] = "ok" if app.ssh.krl_path.exists() else "missing"
+        checks |= app.readiness()
         ready = all(v == "ok" for v in checks.values())
         response.status_code = 200 if ready else 503
         return {"status": "ready" if ready else "not ready", "checks": checks}
@@ -168,6 +175,36 @@ def create_app(app: App) -> FastAPI:
     def revoke(grant_id: str, user: User) -> dict[str, Any]:
         """Admin: end any grant early; the certificate is put on the KRL at once."""
         return render_grant(grants.revoke(deps, user, grant_id), show_credentials=False)
+
+    @api.post("/v1/grants/{grant_id}/extend", tags=["grants"])
+    def extend(grant_id: str, body: ExtendBody, user: User) -> dict[str, Any]:
+        """Lengthen one's own active grant (within the role's maximum total duration, if the
+        policy in force now auto-approves the longer window); no gap in access."""
+        extra = parse_iso_duration(body.duration)
+        return render_grant(grants.extend(deps, user, grant_id, extra), show_credentials=True)
+
+    @api.post("/v1/reconcile", tags=["reconciliation"])
+    def reconcile(user: User, body: ReconcileBody | None = None) -> dict[str, Any]:
+        """Admin: compare managed groups with grants now; ``dry_run`` changes nothing."""
+        if not deps.is_admin(user):
+            raise Forbidden("only an admin may run reconciliation")
+        dry_run = body.dry_run if body else False
+        report = standing.reconcile(deps, dry_run=dry_run, actor=user.id)
+        return standing.report_data(report)
+
+    @api.get("/v1/reports/standing", tags=["reports"])
+    def report_standing(user: User, since: datetime | None = None) -> dict[str, Any]:
+        """Admin: standing privileges per managed group (latest snapshot) and their count over
+        time (``since``: an RFC 3339 time)."""
+        if since is not None and since.tzinfo is None:
+            raise InvalidInput("since must carry a UTC offset, e.g. 2026-11-01T00:00:00Z")
+        return render_standing(standing.standing_report(deps, user, since=since))
+
+    @api.get("/metrics", tags=["health"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics (text exposition format 0.0.4). Counts and group names only: no
+        user ids, no secrets."""
+        return Response(deps.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/audit", tags=["audit"])
     def audit(

@@ -10,6 +10,7 @@ from keyturn.domain.audit import AuditEvent, format_time
 from keyturn.domain.durations import to_iso_duration
 from keyturn.domain.model import Grant, Review, decision_to_data
 from keyturn.service.access import RequestView
+from keyturn.service.standing import StandingReport
 
 
 class _Body(BaseModel):
@@ -25,6 +26,18 @@ class AccessRequestBody(_Body):
     justification: str = Field(max_length=20_000)
     ticket: str | None = Field(default=None, max_length=1000)
     ssh_public_key: str | None = Field(default=None, max_length=20_000)
+
+
+class ExtendBody(_Body):
+    """``POST /v1/grants/{id}/extend``."""
+
+    duration: str = Field(max_length=32, description="ISO 8601 duration to add, e.g. PT30M")
+
+
+class ReconcileBody(_Body):
+    """``POST /v1/reconcile``."""
+
+    dry_run: bool = False
 
 
 class CommentBody(_Body):
@@ -55,7 +68,29 @@ def render_grant(grant: Grant, *, show_credentials: bool) -> dict[str, Any]:
         "ended_at": _time(grant.ended_at),
         "attempts": grant.attempts,
         "last_error": grant.last_error,
+        "retry_at": _time(grant.retry_at),
+        "privilege": grant.privilege,
         "credentials": dict(grant.credentials) if show_credentials else {},
+    }
+
+
+def render_standing(report: StandingReport) -> dict[str, Any]:
+    """``keyturn report standing``: latest standing holders per privilege, and the series."""
+    return {
+        "privileges": [
+            {
+                "provider": s.provider,
+                "privilege": s.privilege,
+                "taken_at": _time(s.taken_at),
+                "count": len(s.members),
+                "members": list(s.members),
+            }
+            for s in report.latest
+        ],
+        "history": [
+            {"taken_at": _time(at), "privilege": privilege, "count": count}
+            for at, privilege, count in report.history
+        ],
     }
 
 

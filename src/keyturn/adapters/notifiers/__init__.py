@@ -1,0 +1,1 @@
+"""Notifier adapters: where alerts go (the log always; a webhook when configured)."""

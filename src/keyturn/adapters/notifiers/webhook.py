@@ -1,0 +1,92 @@
+"""Alerts to the log and, when configured, to a webhook (JSON ``POST``).
+
+Delivery never blocks the caller: alerts go on a bounded queue that one daemon thread drains
+with httpx. A webhook that is down or slow costs a log line per alert, never a revocation.
+The payload is ``{"event", "summary", "details", "source": "keyturn"}``; the token (if any) is
+sent as ``Authorization: Bearer`` and never logged; the URL is logged by host only.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+
+log = structlog.get_logger("keyturn.notifier")
+
+QUEUE_SIZE = 10_000
+
+
+class LogNotifier:
+    """Alerts as structured log lines (``alert=<event>``), at error level."""
+
+    def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
+        """Log the alert."""
+        log.error(summary, alert=event, **details)
+
+
+class WebhookNotifier:
+    """Log every alert, and ``POST`` it to ``url`` from a background thread."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: timedelta) -> None:
+        self._url = url
+        self._host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(timeout=timeout.total_seconds(), headers=headers)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._log = LogNotifier()
+        self._thread = threading.Thread(target=self._drain, name="keyturn-notifier", daemon=True)
+        self._thread.start()
+
+    def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
+        """Log the alert and queue it for the webhook (dropped, with a log line, if full)."""
+        self._log.alert(event, summary, details)
+        payload = {"source": "keyturn", "event": event, "summary": summary, "details": details}
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            log.error("alert queue full; webhook delivery dropped", webhook=self._host, alert=event)
+
+    def _drain(self) -> None:
+        while (payload := self._queue.get()) is not None:
+            try:
+                response = self._client.post(self._url, json=payload)
+                if response.status_code >= 300:
+                    log.error(
+                        "webhook refused alert",
+                        webhook=self._host,
+                        status=response.status_code,
+                        alert=payload["event"],
+                    )
+            except httpx.HTTPError as exc:
+                log.error(
+                    "webhook unreachable",
+                    webhook=self._host,
+                    error=type(exc).__name__,
+                    alert=payload["event"],
+                )
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued alerts were attempted; True if the queue drained in time."""
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Deliver what is queued (best effort), then stop the thread and close the client."""
+        self.flush()
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        self._client.close()

@@ -1,0 +1,99 @@
+"""Prometheus metrics of a Keyturn instance (prometheus-client), served on ``/metrics``.
+
+One :class:`Metrics` per wired instance, with its own registry (several instances can live in
+one process, as in the tests). Counters count what *this* process did; gauges that describe the
+shared state (grants by state) are read from the store at scrape time, so every instance reports
+the same numbers.
+
+Names follow the Prometheus conventions (``_total`` counters, base units: seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from keyturn.domain.model import GrantStatus
+
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+"""Revocation lag buckets, seconds: sub-second for a healthy worker up to an hour of outage."""
+
+
+class _GrantStates(Collector):
+    """``keyturn_grants{state}``: grants per state, read from the store at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[GrantStatus, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("keyturn_grants", "Grants by state.", labels=["state"])
+        counts = self._counts()
+        for state in GrantStatus:
+            family.add_metric([str(state)], counts.get(state, 0))
+        yield family
+
+
+class Metrics:
+    """The instance's metrics. ``grant_counts`` is called at each scrape (may be None)."""
+
+    def __init__(self, grant_counts: Callable[[], dict[GrantStatus, int]] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.revocations_attempted = Counter(
+            "keyturn_revocations_attempted",
+            "Revocation attempts (provider calls to take a privilege away).",
+            ["provider"],
+            registry=r,
+        )
+        self.revocations_succeeded = Counter(
+            "keyturn_revocations_succeeded",
+            "Revocations verified by reading the real system back.",
+            ["provider"],
+            registry=r,
+        )
+        self.revocations_failed = Counter(
+            "keyturn_revocations_failed",
+            "Revocation attempts that failed or could not be verified (each is retried).",
+            ["provider"],
+            registry=r,
+        )
+        self.revocation_lag = Histogram(
+            "keyturn_revocation_lag_seconds",
+            "Seconds from a grant's not_after to the verified removal of its privilege.",
+            ["provider"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.revoke_failed_alerts = Counter(
+            "keyturn_revoke_failed_alerts",
+            "Alerts raised because a grant entered revoke_failed.",
+            ["provider"],
+            registry=r,
+        )
+        self.grants_issued = Counter(
+            "keyturn_grants_issued",
+            "Grants made active after verification.",
+            ["provider"],
+            registry=r,
+        )
+        self.standing_privileges = Gauge(
+            "keyturn_standing_privileges",
+            "Members of a managed privilege holding it without a grant (last reconciliation).",
+            ["provider", "privilege"],
+            registry=r,
+        )
+        self.reconciliation_findings = Counter(
+            "keyturn_reconciliation_findings",
+            "Reconciliation findings by kind (standing, lingering, missing).",
+            ["provider", "kind"],
+            registry=r,
+        )
+        if grant_counts is not None:
+            r.register(_GrantStates(grant_counts))
+
+    def exposition(self) -> bytes:
+        """The text exposition format (``text/plain; version=0.0.4``)."""
+        return bytes(generate_latest(self.registry))

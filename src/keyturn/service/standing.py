@@ -1,0 +1,267 @@
+"""Reconciliation of managed privileges with grants, and standing access.
+
+For every privilege a provider manages (each allowlisted directory group), the real holders are
+compared with the live grants and the declared allowlist:
+
+* **standing** -- a holder with no live grant who is not on the allowlist and never held the
+  privilege through Keyturn: a *standing privilege*. Reported; removed only when the group is
+  configured ``mode: enforce``.
+* **lingering** -- a holder whose Keyturn grant of this privilege has ended: the revocation was
+  undone or missed. Always removed.
+* **missing** -- an active grant whose privilege is not there (removed by hand, or lost in a
+  crash): restored, because the grant is live.
+
+Every finding is an audit event (``reconcile.finding``) unless it is a dry run, which changes
+nothing and records nothing. Each real run stores one snapshot per privilege of the standing
+holders found, the series ``keyturn report standing`` shows (the "standing access reduction"
+KPI's baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Literal
+
+from keyturn.config import UserConfig
+from keyturn.domain.audit import AuditDraft, format_time
+from keyturn.domain.errors import Forbidden, ProviderError
+from keyturn.domain.model import GrantStatus, StandingSnapshot
+from keyturn.ports import Holdings, ManagedPrivileges
+from keyturn.service.deps import Deps
+
+FindingKind = Literal["standing", "lingering", "missing"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One difference between the real system and the grants.
+
+    ``action`` is what was done: ``reported``, ``removed``, ``restored``, ``already gone``, or
+    (dry run) ``would remove``/``would restore``, or ``failed: …``.
+    """
+
+    kind: FindingKind
+    provider: str
+    privilege: str
+    identity: str
+    user_id: str | None
+    action: str
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """The outcome of one reconciliation run."""
+
+    at: datetime
+    dry_run: bool
+    findings: list[Finding] = field(default_factory=list)
+    standing: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def reconcile(
+    deps: Deps, *, dry_run: bool = False, actor: str = "system:worker"
+) -> ReconcileReport:
+    """Compare every managed privilege with the grants and act on the drift (see module doc).
+
+    A provider that cannot be read is reported in ``errors`` and skipped; nothing is removed on
+    the strength of a partial read.
+    """
+    now = deps.clock.now()
+    report = ReconcileReport(at=now, dry_run=dry_run)
+    for provider in deps.managed():
+        try:
+            holdings = provider.holdings()
+        except ProviderError as exc:
+            report.errors.append(f"{provider.name}: {exc.message}")
+            continue
+        identities = _Identities(provider, [u.id for u in deps.config.users])
+        for holding in holdings:
+            try:
+                _one(deps, provider, identities, holding, report=report, actor=actor)
+            except ProviderError as exc:
+                report.errors.append(f"{provider.name} {holding.privilege}: {exc.message}")
+    return report
+
+
+class _Identities:
+    """User id ↔ identity in one provider's system, looked up once per run."""
+
+    def __init__(self, provider: ManagedPrivileges, user_ids: list[str]) -> None:
+        self._provider = provider
+        self._user_ids = user_ids
+        self._of: dict[str, str | None] = {}
+        self._everyone = False
+
+    def of(self, user_id: str) -> str | None:
+        if user_id not in self._of:
+            self._of[user_id] = self._provider.identity(user_id)
+        return self._of[user_id]
+
+    def user(self, identity: str) -> str | None:
+        """The Keyturn user with this identity (resolving every configured user if needed)."""
+        found = next((u for u, i in self._of.items() if i == identity), None)
+        if found is None and not self._everyone:
+            for user_id in self._user_ids:
+                self.of(user_id)
+            self._everyone = True
+            found = next((u for u, i in self._of.items() if i == identity), None)
+        return found
+
+
+def _one(
+    deps: Deps,
+    provider: ManagedPrivileges,
+    identities: _Identities,
+    holding: Holdings,
+    *,
+    report: ReconcileReport,
+    actor: str,
+) -> None:
+    with deps.store.transaction() as tx:
+        live = tx.grants_holding(provider.name, holding.privilege)
+        ended = tx.ended_holders(provider.name, holding.privilege)
+    expected = {i for g in live if (i := identities.of(g.user_id)) is not None}
+    standing: list[str] = []
+    for member in sorted(holding.members - expected - holding.allowed):
+        holder = identities.user(member)
+        kind: FindingKind = "lingering" if holder in ended else "standing"
+        if kind == "standing":
+            standing.append(member)
+        remove = kind == "lingering" or holding.enforce
+        action = _act(
+            report.dry_run,
+            remove,
+            "remove",
+            partial(provider.remove_holder, holding.privilege, member),
+            noop="already gone",
+            done="removed",
+        )
+        _record(
+            deps,
+            report,
+            actor,
+            Finding(kind, provider.name, holding.privilege, member, holder, action),
+        )
+    for grant in live:
+        identity = identities.of(grant.user_id)
+        if grant.status is not GrantStatus.ACTIVE or identity is None:
+            continue
+        if identity in holding.members:
+            continue
+        action = _act(
+            report.dry_run,
+            True,
+            "restore",
+            partial(provider.add_holder, holding.privilege, identity),
+            noop="already there",
+            done="restored",
+        )
+        _record(
+            deps,
+            report,
+            actor,
+            Finding("missing", provider.name, holding.privilege, identity, grant.user_id, action),
+        )
+    report.standing[holding.privilege] = len(standing)
+    if not report.dry_run:
+        deps.metrics.standing_privileges.labels(provider.name, holding.privilege).set(len(standing))
+        with deps.store.transaction() as tx:
+            tx.add_standing_snapshot(
+                StandingSnapshot(report.at, provider.name, holding.privilege, tuple(standing))
+            )
+
+
+def _act(
+    dry_run: bool,
+    wanted: bool,
+    verb: str,
+    change: Callable[[], bool],
+    *,
+    noop: str,
+    done: str,
+) -> str:
+    """Run ``change`` (True = it was already so) unless reporting only or dry-running."""
+    if not wanted:
+        return "reported"
+    if dry_run:
+        return f"would {verb}"
+    try:
+        return noop if change() else done
+    except ProviderError as exc:
+        return f"failed: {exc.message}"
+
+
+def _record(deps: Deps, report: ReconcileReport, actor: str, finding: Finding) -> None:
+    report.findings.append(finding)
+    if report.dry_run:
+        return
+    deps.metrics.reconciliation_findings.labels(finding.provider, finding.kind).inc()
+    subject = {"privilege": finding.privilege, "identity": finding.identity}
+    if finding.user_id is not None:
+        subject["user_id"] = finding.user_id
+    with deps.store.transaction() as tx:
+        tx.append_audit(
+            AuditDraft(
+                report.at,
+                actor,
+                "reconcile.finding",
+                subject,
+                {"kind": finding.kind, "provider": finding.provider, "action": finding.action},
+            )
+        )
+
+
+@dataclass(frozen=True)
+class StandingReport:
+    """The latest snapshot per privilege and the count of standing holders over time."""
+
+    latest: list[StandingSnapshot]
+    history: list[tuple[datetime, str, int]]
+
+
+def standing_report(
+    deps: Deps, viewer: UserConfig, *, since: datetime | None = None
+) -> StandingReport:
+    """Standing privileges per managed privilege (admins only).
+
+    Raises:
+        Forbidden: the viewer is not an admin.
+    """
+    if not deps.is_admin(viewer):
+        raise Forbidden("only an admin may read the standing-access report")
+    with deps.store.transaction() as tx:
+        snapshots = tx.standing_snapshots(since=since)
+    latest: dict[tuple[str, str], StandingSnapshot] = {}
+    for snap in snapshots:
+        latest[(snap.provider, snap.privilege)] = snap
+    history = [(s.taken_at, s.privilege, len(s.members)) for s in snapshots]
+    return StandingReport(
+        latest=sorted(latest.values(), key=lambda s: s.privilege), history=history
+    )
+
+
+def finding_data(finding: Finding) -> dict[str, object]:
+    """A finding as JSON-safe data (API, CLI)."""
+    return {
+        "kind": finding.kind,
+        "provider": finding.provider,
+        "privilege": finding.privilege,
+        "identity": finding.identity,
+        "user_id": finding.user_id,
+        "action": finding.action,
+    }
+
+
+def report_data(report: ReconcileReport) -> dict[str, object]:
+    """A reconciliation report as JSON-safe data."""
+    return {
+        "at": format_time(report.at),
+        "dry_run": report.dry_run,
+        "findings": [finding_data(f) for f in report.findings],
+        "standing": report.standing,
+        "errors": report.errors,
+    }
