@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -122,6 +123,10 @@ def build(
         from keyturn.testing import BlockingProvider
 
         providers = {n: BlockingProvider(p, env[FAULT_ENV]) for n, p in providers.items()}
+    executor = ThreadPoolExecutor(
+        max_workers=config.server.revoke_concurrency, thread_name_prefix="keyturn-revoke"
+    )
+    closers.append(executor.shutdown)
     notifier = _notifier(config, env)
     if isinstance(notifier, WebhookNotifier):
         closers.append(notifier.close)
@@ -140,6 +145,7 @@ def build(
         new_serial=new_serial,
         notifier=notifier,
         metrics=Metrics(grant_counts=counts),
+        executor=executor,
     )
     return App(deps=deps, loaded=loaded, ssh=ssh, store=store, closers=closers)
 

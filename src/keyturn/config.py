@@ -372,6 +372,9 @@ class ServerConfig(_Strict):
     retry_max: Duration = Field(
         default=timedelta(seconds=30), description="longest wait between revocation retries"
     )
+    revoke_concurrency: int = Field(
+        default=8, ge=1, le=64, description="grants the worker revokes at the same time"
+    )
     reconcile_interval: Duration = Field(
         default=timedelta(minutes=5),
         description="how often the worker compares managed groups with grants",

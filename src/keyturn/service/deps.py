@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from keyturn.config import KeyturnConfig, UserConfig
@@ -34,7 +35,8 @@ class Deps:
     """What services need: configuration, policy, store, clock, providers, id/serial sources.
 
     ``new_id`` and ``new_serial`` are injectable so tests can make runs reproducible.
-    ``notifier`` receives alerts (a failing revocation); ``metrics`` counts what happens.
+    ``notifier`` receives alerts (a failing revocation); ``metrics`` counts what happens;
+    ``executor`` (when set) runs the worker's provider calls for many grants concurrently.
     """
 
     config: KeyturnConfig
@@ -46,6 +48,7 @@ class Deps:
     new_serial: Callable[[], int] = field(default=random_serial)
     notifier: Notifier = field(default_factory=_default_notifier)
     metrics: Metrics = field(default_factory=Metrics)
+    executor: Executor | None = None
 
     def provider(self, name: str) -> Provider:
         """The provider bound to ``name``.

@@ -447,18 +447,22 @@ def expire_due(deps: Deps, *, limit: int = 500) -> list[Grant]:
             _mark_revoking(tx, g, EndReason.EXPIRED, SYSTEM_WORKER, now)
             for g in tx.claim_due_grants(now, limit)
         ]
-    return _each(claimed, lambda g: finish_revoke(deps, g))
+    return _each(deps, claimed, lambda g: finish_revoke(deps, g))
 
 
-def _each(grants: list[Grant], step: Callable[[Grant], Grant]) -> list[Grant]:
-    """Run ``step`` per grant; one grant another instance finished first never blocks the rest."""
-    done = []
-    for grant in grants:
+def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> list[Grant]:
+    """Run ``step`` per grant, on ``deps.executor``'s threads when there is one, so a slow
+    provider call holds up only its own grant. A grant another instance finished first
+    (Conflict) is skipped; it never blocks the rest."""
+
+    def one(grant: Grant) -> Grant | None:
         try:
-            done.append(step(grant))
+            return step(grant)
         except Conflict:
-            continue  # another worker or the API moved this grant on; nothing left to do here
-    return done
+            return None  # another worker or the API moved this grant on; nothing left to do
+
+    results = map(one, grants) if deps.executor is None else deps.executor.map(one, grants)
+    return [g for g in results if g is not None]
 
 
 def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
@@ -492,4 +496,4 @@ def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
             return activate(deps, grant, requests[grant.id])
         return finish_revoke(deps, grant)
 
-    return _each(leased, step)
+    return _each(deps, leased, step)
