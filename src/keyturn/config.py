@@ -351,6 +351,15 @@ class NotifierConfig(_Strict):
     webhook_token_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
     timeout: Duration = timedelta(seconds=5)
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _no_userinfo(cls, value: str | None) -> str | None:
+        if value is not None and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "credentials in the URL are refused; use webhook_token_env for a bearer token"
+            )
+        return value
+
 
 class ServerConfig(_Strict):
     """Where ``keyturn serve`` listens, and the expiry worker's timings."""

@@ -111,7 +111,8 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest) -> Grant:
     except ProviderError as exc:
         details: dict[str, object] = {"error": exc.message}
         if granted is not None and not granted.already_present:
-            details["cleanup"] = _take_back(deps, provider, grant)
+            added = dataclasses.replace(grant, credentials=granted.credentials)
+            details["cleanup"] = _take_back(deps, provider, added)
         now = deps.clock.now()
         with deps.store.transaction() as tx:
             failed = tx.get_grant(grant.id, lock=True).transition(

@@ -154,9 +154,14 @@ class LdapGroupProvider:
             conn.set_option(ldap.OPT_X_TLS_CACERTFILE, str(c.ca_file))
             conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
             conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
-        if c.start_tls:
-            conn.start_tls_s()
-        conn.simple_bind_s(c.bind_dn, self._password)
+        try:
+            if c.start_tls:
+                conn.start_tls_s()
+            conn.simple_bind_s(c.bind_dn, self._password)
+        except ldap.LDAPError:
+            with contextlib.suppress(ldap.LDAPError):
+                conn.unbind_s()
+            raise
         self._local.conn = conn
         return conn
 
