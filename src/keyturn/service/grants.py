@@ -26,7 +26,7 @@ from keyturn.domain.durations import humanize
 from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, ProviderError
 from keyturn.domain.model import AccessRequest, EndReason, Grant, GrantStatus, Outcome
 from keyturn.domain.policy import base_facts, is_eligible
-from keyturn.ports import Provider, StoreTx
+from keyturn.ports import Granted, Provider, StoreTx
 from keyturn.service.deps import Deps
 
 SYSTEM_WORKER = "system:worker"
@@ -86,14 +86,20 @@ def _serial(grant: Grant) -> str | None:
     return str(grant.serial) if grant.serial is not None else None
 
 
-def activate(deps: Deps, grant: Grant, request: AccessRequest) -> Grant:
+def activate(deps: Deps, grant: Grant, request: AccessRequest, *, resumed: bool = False) -> Grant:
     """Call the provider for a ``provisioning`` grant, verify, commit ``active`` (or ``failed``).
+
+    Args:
+        resumed: the row was left ``provisioning`` by an interrupted attempt, which may have
+            added the privilege before it stopped.
 
     Returns:
         The grant as committed. A provider failure leaves it ``failed`` with the reason, and
-        nothing half-granted: a privilege this call added but could not verify is taken away
-        again (unless another live grant of the user shares it). If even that fails, the
-        ``grant.failed`` event says so and reconciliation removes the leftover.
+        nothing half-granted: unless another live grant of the user shares it, the privilege is
+        taken away again when it may be Keyturn's doing -- this call added it, an earlier
+        Keyturn grant of the user held it (and kept it for this one), or the outcome of an
+        interrupted or failed call is unknown. If even that fails, the ``grant.failed`` event
+        says so and reconciliation removes the leftover.
     """
     provider = deps.provider(grant.provider)
     granted = None
@@ -110,8 +116,12 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest) -> Grant:
             )
     except ProviderError as exc:
         details: dict[str, object] = {"error": exc.message}
-        if granted is not None and not granted.already_present:
-            added = dataclasses.replace(grant, credentials=granted.credentials)
+        if _maybe_ours(deps, grant, granted, exc, resumed=resumed):
+            added = (
+                grant
+                if granted is None
+                else dataclasses.replace(grant, credentials=granted.credentials)
+            )
             details["cleanup"] = _take_back(deps, provider, added)
         now = deps.clock.now()
         with deps.store.transaction() as tx:
@@ -135,6 +145,20 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest) -> Grant:
         tx.append_audit(AuditDraft(now, SYSTEM_WORKER, "grant.issued", subject(active), details))
     deps.metrics.grants_issued.labels(grant.provider).inc()
     return active
+
+
+def _maybe_ours(
+    deps: Deps, grant: Grant, granted: Granted | None, exc: ProviderError, *, resumed: bool
+) -> bool:
+    """Could the privilege now present be Keyturn's doing for this grant (see :func:`activate`)?"""
+    if granted is None:  # the provider call failed, or was never made in this attempt
+        return resumed or exc.retryable
+    if not granted.already_present:
+        return True
+    if grant.privilege is None:
+        return False
+    with deps.store.transaction() as tx:
+        return grant.user_id in tx.ended_holders(grant.provider, grant.privilege)
 
 
 def _take_back(deps: Deps, provider: Provider, grant: Grant) -> str:
@@ -494,7 +518,7 @@ def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
 
     def step(grant: Grant) -> Grant:
         if grant.status is GrantStatus.PROVISIONING:
-            return activate(deps, grant, requests[grant.id])
+            return activate(deps, grant, requests[grant.id], resumed=True)
         return finish_revoke(deps, grant)
 
     return _each(deps, leased, step)

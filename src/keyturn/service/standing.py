@@ -150,6 +150,8 @@ def _one(
         identity = identities.of(grant.user_id)
         if grant.status is not GrantStatus.ACTIVE or identity is None:
             continue
+        if grant.not_after <= report.at:  # its window closed; the worker is about to end it
+            continue
         if identity in holding.members:
             continue
         action = _act(
