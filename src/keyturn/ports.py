@@ -191,7 +191,8 @@ class StoreTx(Protocol):
         """Live (provisioning/active) grants of ``privilege``, optionally of one user."""
 
     def ended_holders(self, provider: str, privilege: str) -> set[str]:
-        """User ids that held ``privilege`` through a grant that has since ended."""
+        """User ids that held ``privilege`` through a grant that was active and has ended
+        (``revoking``, ``revoke_failed``, ``revoked``)."""
 
     def grant_counts(self) -> dict[GrantStatus, int]:
         """How many grants are in each state."""

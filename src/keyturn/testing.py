@@ -19,6 +19,7 @@ from typing import Any
 from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain
 from keyturn.domain.errors import Conflict, NotFound, ProviderError
 from keyturn.domain.model import (
+    ENDED_GRANT_STATES,
     LIVE_GRANT_STATES,
     AccessRequest,
     EndReason,
@@ -235,7 +236,7 @@ class InMemoryTx:
             for g in self._s.grants.values()
             if g.provider == provider
             and g.privilege == privilege
-            and g.status not in LIVE_GRANT_STATES
+            and g.status in ENDED_GRANT_STATES
         }
 
     def grant_counts(self) -> dict[GrantStatus, int]:

@@ -494,6 +494,7 @@ class TestStoreContract:
             a_grant(4, privilege=other, user="dave"),
             a_grant(5, privilege=group, user="dave", status=GrantStatus.REVOKE_FAILED),
             a_grant(6),  # an SSH grant: no privilege
+            a_grant(7, privilege=group, user="mallory", status=GrantStatus.FAILED),  # never active
         )
         with store.transaction() as tx:
             assert [g.id for g in tx.grants_holding("ldap", group)] == ["grt_0001", "grt_0002"]

@@ -227,6 +227,12 @@ class Grant:
 LIVE_GRANT_STATES = frozenset({GrantStatus.PROVISIONING, GrantStatus.ACTIVE})
 """States in which a grant holds (or is about to hold) its privilege."""
 
+ENDED_GRANT_STATES = frozenset(
+    {GrantStatus.REVOKING, GrantStatus.REVOKE_FAILED, GrantStatus.REVOKED}
+)
+"""States of a grant that was active and has ended. (A ``failed`` grant never became active; it
+takes back what it may have added before it is committed, and alerts if it cannot.)"""
+
 
 @dataclass(frozen=True)
 class StandingSnapshot:

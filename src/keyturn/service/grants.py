@@ -122,7 +122,13 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest, *, resumed: bool 
                 if granted is None
                 else dataclasses.replace(grant, credentials=granted.credentials)
             )
-            details["cleanup"] = _take_back(deps, provider, added)
+            details["cleanup"] = cleanup = _take_back(deps, provider, added)
+            if cleanup.startswith("failed"):
+                deps.notifier.alert(
+                    "grant_cleanup_failed",
+                    f"grant {grant.id} failed and what it may have added could not be taken back",
+                    {k: str(v) for k, v in (subject(grant) | details).items()},
+                )
         now = deps.clock.now()
         with deps.store.transaction() as tx:
             failed = tx.get_grant(grant.id, lock=True).transition(

@@ -23,6 +23,7 @@ from keyturn.adapters.store import tables as t
 from keyturn.domain.audit import AuditDraft, AuditEvent, chain, format_time
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.domain.model import (
+    ENDED_GRANT_STATES,
     LIVE_GRANT_STATES,
     AccessRequest,
     EndReason,
@@ -387,14 +388,14 @@ class SqlTx:
         return [_grant(r) for r in self._c.execute(q.order_by(g.created_at, g.id))]
 
     def ended_holders(self, provider: str, privilege: str) -> set[str]:
-        """Users who ever held this privilege through a grant that has ended."""
+        """Users who held this privilege through a grant that was active and has ended."""
         g = t.grants.c
         q = (
             sa.select(g.user_id)
             .where(
                 g.provider == provider,
                 g.privilege == privilege,
-                g.status.not_in([str(s) for s in LIVE_GRANT_STATES]),
+                g.status.in_([str(s) for s in ENDED_GRANT_STATES]),
             )
             .distinct()
         )
