@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from datetime import datetime, timedelta
 
+import structlog
 import tenacity
 
 from keyturn.config import UserConfig
@@ -30,6 +32,7 @@ from keyturn.ports import Granted, Provider, StoreTx
 from keyturn.service.deps import Deps
 
 SYSTEM_WORKER = "system:worker"
+log = structlog.get_logger("keyturn.grants")
 
 
 def subject(grant: Grant) -> dict[str, str]:
@@ -482,9 +485,15 @@ def expire_due(deps: Deps, *, limit: int = 500) -> list[Grant]:
 
 
 def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> list[Grant]:
-    """Run ``step`` per grant, on ``deps.executor``'s threads when there is one, so a slow
-    provider call holds up only its own grant. A grant another instance finished first
-    (Conflict) is skipped; it never blocks the rest."""
+    """Run ``step`` per grant. With ``deps.executor`` the grants run concurrently and the pass
+    waits at most ``server.worker_max_sleep`` for them: a hanging provider call holds up only
+    its own grant (it finishes in the background; its row stays ``revoking`` and is taken over
+    by :func:`resume_unfinished` if the process dies), never the next pass's expiries. A grant
+    another instance finished first (Conflict) is skipped.
+
+    Returns:
+        The grants finished within this pass, as committed.
+    """
 
     def one(grant: Grant) -> Grant | None:
         try:
@@ -492,8 +501,22 @@ def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> li
         except Conflict:
             return None  # another worker or the API moved this grant on; nothing left to do
 
-    results = map(one, grants) if deps.executor is None else deps.executor.map(one, grants)
+    if deps.executor is None:
+        results = [one(g) for g in grants]
+    else:
+        futures = [deps.executor.submit(one, g) for g in grants]
+        for future in futures:
+            future.add_done_callback(_log_crash)
+        timeout = deps.config.server.worker_max_sleep.total_seconds()
+        finished, _running = wait(futures, timeout=timeout)
+        results = [f.result() for f in futures if f in finished]
     return [g for g in results if g is not None]
+
+
+def _log_crash(future: Future[Grant | None]) -> None:
+    """A step that crashed in the background is logged; its row stays for resume_unfinished."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("grant step crashed; the row is resumed later", error=repr(exc)[:300])
 
 
 def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
