@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMPS := .make-stamps
 
-.PHONY: demo test lint format bench bench-smoke sysdeps-build sysdeps-demo sysdeps-test venv clean
+.PHONY: demo test lint format bench sysdeps-build sysdeps-demo sysdeps-test venv clean
 
 demo: sysdeps-demo venv
 	$(BIN)/keyturn demo
@@ -13,13 +13,16 @@ test: sysdeps-test venv
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
 
 format: venv
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: sysdeps-test venv
+	$(BIN)/python bench/revocation_lag.py
 
 sysdeps-build:
 	@scripts/system-deps.sh build

@@ -45,8 +45,6 @@ def run_once(app: App, *, reconcile_standing: bool = False) -> int:
         for error in report.errors:
             log.error("reconciliation could not read a provider", error=error)
     app.ssh.ensure_krl(app.deps.clock.now())
-    for grant in expired + fixed:
-        log.info("grant", grant_id=grant.id, status=str(grant.status), user=grant.user_id)
     return len(expired) + len(fixed)
 
 

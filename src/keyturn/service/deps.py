@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -22,6 +23,32 @@ def random_id(prefix: str) -> str:
 def random_serial() -> int:
     """A random positive 63-bit certificate serial (fits PostgreSQL ``bigint``)."""
     return secrets.randbelow(2**63 - 2) + 1
+
+
+class InFlight:
+    """Ids of grants this instance's executor is working on (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, grant_id: str) -> None:
+        """Mark as being worked on."""
+        with self._lock:
+            self._ids.add(grant_id)
+
+    def discard(self, grant_id: str) -> None:
+        """Done with it."""
+        with self._lock:
+            self._ids.discard(grant_id)
+
+    def __contains__(self, grant_id: object) -> bool:
+        with self._lock:
+            return grant_id in self._ids
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
 
 
 def _default_notifier() -> Notifier:
@@ -49,6 +76,7 @@ class Deps:
     notifier: Notifier = field(default_factory=_default_notifier)
     metrics: Metrics = field(default_factory=Metrics)
     executor: Executor | None = None
+    in_flight: InFlight = field(default_factory=InFlight)
 
     def provider(self, name: str) -> Provider:
         """The provider bound to ``name``.

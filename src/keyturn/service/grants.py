@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from datetime import datetime, timedelta
+from functools import partial
 
 import structlog
 import tenacity
@@ -32,6 +33,8 @@ from keyturn.ports import Granted, Provider, StoreTx
 from keyturn.service.deps import Deps
 
 SYSTEM_WORKER = "system:worker"
+CLAIM_PER_THREAD = 16
+"""Grants an instance claims ahead per revocation thread (see :func:`_room`)."""
 log = structlog.get_logger("keyturn.grants")
 
 
@@ -374,7 +377,7 @@ def finish_revoke(deps: Deps, grant: Grant) -> Grant:
         audit event, and a ``retry_at`` for the worker.
     """
     provider = deps.provider(grant.provider)
-    sharing = _sharing(deps, grant)
+    sharing = _start_revoke(deps, grant)
     if sharing:
         return _commit_revoked(deps, grant, {"kept_for": [g.id for g in sharing]})
     now = deps.clock.now()
@@ -392,6 +395,24 @@ def finish_revoke(deps: Deps, grant: Grant) -> Grant:
         deps.metrics.revocation_lag.labels(grant.provider).observe(max(0.0, lag))
     _restore_overlapping(deps, provider, done)
     return done
+
+
+def _start_revoke(deps: Deps, grant: Grant) -> list[Grant]:
+    """Check this caller still holds the grant's lease (the row is as claimed: another instance
+    may have taken over a row that waited too long), and return the user's other live grants
+    sharing its privilege.
+
+    Raises:
+        Conflict: the row moved on or was leased by someone else since it was claimed.
+    """
+    with deps.store.transaction() as tx:
+        current = tx.get_grant(grant.id)
+        if current.status is not grant.status or current.updated_at != grant.updated_at:
+            raise Conflict(f"grant {grant.id} was taken over", grant_id=grant.id)
+        if grant.privilege is None:
+            return []
+        holding = tx.grants_holding(grant.provider, grant.privilege, user_id=grant.user_id)
+    return [g for g in holding if g.id != grant.id]
 
 
 def _commit_revoked(deps: Deps, grant: Grant, details: dict[str, object]) -> Grant:
@@ -476,12 +497,26 @@ def expire_due(deps: Deps, *, limit: int = 500) -> list[Grant]:
         The grants as committed after the provider call.
     """
     now = deps.clock.now()
+    limit = min(limit, _room(deps))
+    if limit == 0:
+        return []
     with deps.store.transaction() as tx:
         claimed = [
             _mark_revoking(tx, g, EndReason.EXPIRED, SYSTEM_WORKER, now)
             for g in tx.claim_due_grants(now, limit)
         ]
     return _each(deps, claimed, lambda g: finish_revoke(deps, g))
+
+
+def _room(deps: Deps) -> int:
+    """How many more grants this instance should claim: a bounded backlog per revocation thread
+    (``CLAIM_PER_THREAD``), less what it is still working on, so the rest of a burst is left to
+    other instances. (Correctness does not rest on this bound: a queued step first checks that
+    its lease still holds, see :func:`_start_revoke`.)"""
+    if deps.executor is None:
+        return 1_000_000
+    cap = CLAIM_PER_THREAD * deps.config.server.revoke_concurrency
+    return max(0, cap - len(deps.in_flight))
 
 
 def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> list[Grant]:
@@ -504,19 +539,30 @@ def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> li
     if deps.executor is None:
         results = [one(g) for g in grants]
     else:
-        futures = [deps.executor.submit(one, g) for g in grants]
-        for future in futures:
-            future.add_done_callback(_log_crash)
+        futures = []
+        for grant in grants:
+            deps.in_flight.add(grant.id)
+            future = deps.executor.submit(one, grant)
+            future.add_done_callback(partial(_step_done, deps, grant.id))
+            futures.append(future)
         timeout = deps.config.server.worker_max_sleep.total_seconds()
         finished, _running = wait(futures, timeout=timeout)
         results = [f.result() for f in futures if f in finished]
     return [g for g in results if g is not None]
 
 
-def _log_crash(future: Future[Grant | None]) -> None:
-    """A step that crashed in the background is logged; its row stays for resume_unfinished."""
-    if not future.cancelled() and (exc := future.exception()) is not None:
-        log.error("grant step crashed; the row is resumed later", error=repr(exc)[:300])
+def _step_done(deps: Deps, grant_id: str, future: Future[Grant | None]) -> None:
+    """Log how a background step ended (a crash leaves the row for resume_unfinished)."""
+    deps.in_flight.discard(grant_id)
+    if future.cancelled():
+        return
+    if (exc := future.exception()) is not None:
+        log.error(
+            "grant step crashed; the row is resumed later", grant_id=grant_id, error=repr(exc)[:300]
+        )
+        return
+    if (grant := future.result()) is not None:
+        log.info("grant", grant_id=grant.id, status=str(grant.status), user=grant.user_id)
 
 
 def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
@@ -536,10 +582,14 @@ def resume_unfinished(deps: Deps, *, limit: int = 200) -> list[Grant]:
     """
     now = deps.clock.now()
     stale_before = now - deps.config.server.stale_after
+    limit = min(limit, _room(deps))
+    if limit == 0:
+        return []
     with deps.store.transaction() as tx:
         leased = [
             dataclasses.replace(g, updated_at=now)
             for g in tx.claim_unfinished(now, stale_before, limit)
+            if g.id not in deps.in_flight  # still queued here: not interrupted, just waiting
         ]
         for grant in leased:  # the lease: other instances see it fresh and leave it alone
             tx.save_grant(grant)
