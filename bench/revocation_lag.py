@@ -23,7 +23,6 @@ Nothing talks beyond 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import math
@@ -56,17 +55,25 @@ from keyturn.lab import Slapd
 from keyturn.service import access, audit_log
 
 REPO = Path(__file__).resolve().parent.parent
-USERS = 100
-TARGET = "corp-directory"
-PLACEHOLDER = "svc-backup"
-BIND_ENV = "KEYTURN_LDAP_PASSWORD"  # ldap.bind_password_env: the variable's name
-LEAD_S = 5  # not_after is this many seconds after creation ends (the worker starts meanwhile)
-UNFINISHED = (
-    GrantStatus.PROVISIONING,
-    GrantStatus.ACTIVE,
-    GrantStatus.REVOKING,
-    GrantStatus.REVOKE_FAILED,
+# tests.load and tests.pg are shared with the tests (so run from a checkout)
+sys.path.insert(0, str(REPO))
+
+from tests.load import (  # noqa: E402
+    BIND_ENV,
+    PLACEHOLDER,
+    TARGET,
+    UNFINISHED,
+    CountingProvider,
+    config_data,
+    counts,
+    percentile,
+    role,
+    seed,
+    uid,
 )
+
+USERS = 100
+LEAD_S = 5  # not_after is this many seconds after creation ends (the worker starts meanwhile)
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -92,41 +99,6 @@ class PinnableClock:
         return pinned if pinned is not None else datetime.now(UTC)
 
 
-class CountingProvider:
-    """Wraps the worker's LDAP provider: counts revoke calls per grant (a grant revoked more
-    than once is wasted directory work) and, with ``delay`` > 0, sleeps that long before each
-    revoke and verify call, like a directory across a network (the lab slapd answers in well
-    under a millisecond)."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self._inner = inner
-        self._delay = delay
-        self._lock = threading.Lock()
-        self.revokes: collections.Counter[str] = collections.Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def revoke(self, grant: Any, now: datetime) -> bool:
-        with self._lock:
-            self.revokes[grant.id] += 1
-        if self._delay:
-            time.sleep(self._delay)
-        return bool(self._inner.revoke(grant, now))
-
-    def verify_revoked(self, grant: Any, now: datetime) -> bool:
-        if self._delay:
-            time.sleep(self._delay)
-        return bool(self._inner.verify_revoked(grant, now))
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    rank = max(0, math.ceil(p / 100 * len(ordered)) - 1)
-    return float(ordered[rank])
-
-
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "count": len(values),
@@ -147,7 +119,6 @@ def postgres(url: str | None) -> Iterator[tuple[str, str]]:
             raise SystemExit(f"--pg-url must point at 127.0.0.1, not {host!r}")
         yield url, "given"
         return
-    sys.path.insert(0, str(REPO))  # tests.pg: the same throwaway cluster the tests use
     try:
         from tests.pg import PgCluster
     except ImportError as exc:
@@ -160,72 +131,6 @@ def postgres(url: str | None) -> Iterator[tuple[str, str]]:
         yield cluster.new_database(), "throwaway cluster (fsync=off, synchronous_commit=off)"
     finally:
         cluster.stop()
-
-
-def seed_directory(server: Slapd, groups: int) -> tuple[dict[str, str], list[str]]:
-    people = {PLACEHOLDER: server.add_user(PLACEHOLDER)}
-    people |= {f"u{i:03d}": server.add_user(f"u{i:03d}") for i in range(USERS)}
-    dns = [server.add_group(f"g{j:02d}", members=[people[PLACEHOLDER]]) for j in range(groups)]
-    return people, dns
-
-
-def config(
-    workdir: Path,
-    server: Slapd,
-    url: str,
-    groups: list[str],
-    *,
-    placeholder: str,
-    concurrency: int,
-) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "server": {
-            "worker_max_sleep": "PT1S",
-            "revoke_concurrency": concurrency,
-            "reconcile_interval": "PT1H",
-        },
-        "store": {"url": url},
-        "ssh_ca": {"key_path": str(workdir / "ca" / "user_ca")},
-        "ldap": {
-            "url": server.url,
-            "bind_dn": server.service_dn,
-            "bind_password_env": BIND_ENV,
-            "users": {
-                "base": server.people_base,
-                "attribute": "uid",
-                "object_class": "inetOrgPerson",
-            },
-            "groups": [
-                {"dn": dn, "member_attribute": "member", "mode": "report", "allow": [placeholder]}
-                for dn in groups
-            ],
-        },
-        "users": [
-            {"id": f"u{i:03d}", "name": f"User {i}", "groups": ["sre"]} for i in range(USERS)
-        ],
-        "targets": [{"name": TARGET, "labels": {"kind": "directory"}}],
-        "roles": [
-            {"name": f"r{j:02d}", "tier": "standard", "provider": "ldap", "ldap": {"group": dn}}
-            for j, dn in enumerate(groups)
-        ],
-        "eligibility": [
-            {
-                "groups": ["sre"],
-                "roles": [f"r{j:02d}" for j in range(len(groups))],
-                "targets": {"names": [TARGET]},
-            }
-        ],
-        "policy": {
-            "rules": [
-                {
-                    "name": "standard-auto-approve",
-                    "when": 'role.tier == "standard" && request.duration <= 14400',
-                    "effect": "auto_approve",
-                }
-            ]
-        },
-    }
 
 
 def create_grants(
@@ -245,8 +150,8 @@ def create_grants(
                 )
             view = access.request_access(
                 app.deps,
-                users[f"u{i:03d}"],
-                access.RequestInput(f"r{j:02d}", TARGET, duration, "revocation lag benchmark"),
+                users[uid(i)],
+                access.RequestInput(role(j), TARGET, duration, "revocation lag benchmark"),
             )
             grant = view.grant
             if grant is None or grant.status is not GrantStatus.ACTIVE:
@@ -254,11 +159,6 @@ def create_grants(
             if grant.not_after != not_after:
                 raise SystemExit(f"grant ends at {grant.not_after}, not {not_after}")
     return not_after
-
-
-def counts(app: App) -> dict[GrantStatus, int]:
-    with app.store.transaction() as tx:
-        return tx.grant_counts()
 
 
 def wait(predicate: Callable[[], bool], timeout: float, poll: float, what: str) -> None:
@@ -269,7 +169,9 @@ def wait(predicate: Callable[[], bool], timeout: float, poll: float, what: str) 
         time.sleep(poll)
 
 
-def check_directory(server: Slapd, groups: list[str], placeholder: str) -> int:
+def check_directory(
+    server: Slapd, groups: list[str], people: dict[str, str], placeholder: str
+) -> int:
     """Every membership gone: each group holds only the placeholder (read as root), and an
     LDAP Compare as the service account says no for a sample of users. Returns pairs checked."""
     for dn in groups:
@@ -281,7 +183,7 @@ def check_directory(server: Slapd, groups: list[str], placeholder: str) -> int:
     try:
         for j, dn in enumerate(groups):
             for i in range(j % 7, USERS, 7):  # a spread-out sample, ~1/7 of all pairs
-                member = f"uid=u{i:03d},{server.people_base}"
+                member = people[uid(i)]
                 if conn.compare_s(dn, "member", member.encode()):
                     raise SystemExit(f"{member} is still a member of {dn}")
                 checked += 1
@@ -364,15 +266,11 @@ def run(args: argparse.Namespace, workdir: Path, url: str, store_note: str) -> d
     groups = args.grants // USERS
     server = Slapd(workdir / "slapd").start()
     try:
-        people, group_dns = seed_directory(server, groups)
+        people, group_dns = seed(server, USERS, groups)
         placeholder = normalize_dn(people[PLACEHOLDER])
-        data = config(
-            workdir,
-            server,
-            url,
-            group_dns,
-            placeholder=people[PLACEHOLDER],
-            concurrency=args.concurrency,
+        settings = {"worker_max_sleep": "PT1S", "revoke_concurrency": args.concurrency}
+        data = config_data(
+            workdir, server, url, group_dns, people[PLACEHOLDER], users=USERS, settings=settings
         )
         loaded = parse_config(data, raw=yaml.safe_dump(data).encode())
         env = {BIND_ENV: server.service_password}
@@ -405,7 +303,7 @@ def run(args: argparse.Namespace, workdir: Path, url: str, store_note: str) -> d
             chain = audit_log.verify(app.deps)
             if not chain.ok:
                 raise SystemExit(f"audit chain broken: {chain}")
-            checked = check_directory(server, group_dns, placeholder)
+            checked = check_directory(server, group_dns, people, placeholder)
             version = store_version(app)
         finally:
             app.close()

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from keyturn.config import LoadedConfig, parse_config
+from keyturn.config import LoadedConfig, UserConfig, parse_config
+from keyturn.domain.audit import AuditEvent
 from keyturn.domain.policy import PolicyEngine
 from keyturn.lab import Slapd, example_directory
 from keyturn.service.deps import Deps
-from keyturn.testing import FakeClock, FakeProvider, InMemoryStore
+from keyturn.testing import FakeClock, FakeProvider, InMemoryStore, RecordingNotifier
 from tests.pg import PgCluster
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
@@ -66,6 +67,51 @@ def slapd(tmp_path: Path) -> Iterator[Slapd]:
 def ldap_env(server: Slapd) -> dict[str, str]:
     """The environment carrying the directory bind password, as ``ldap.bind_password_env``."""
     return {LDAP_PASSWORD_ENV: server.service_password}
+
+
+DIRECTORY_URL = "ldap://127.0.0.1:1"  # keeps the directory roles; fakes never connect
+SHARED_GROUPS = {"db-admins": "cn=db-admins", "app-deployer": "cn=app-deployers"}
+"""The fake directory's groups: role → privilege (one group per directory role)."""
+
+
+def directory_data(tmp_path: Path) -> dict[str, Any]:
+    """The example configuration with its directory roles (for fakes: nothing listens)."""
+    return example_data(tmp_path, ldap_url=DIRECTORY_URL)
+
+
+def directory_deps(
+    data: dict[str, Any], clock: FakeClock, ldap: FakeProvider, notifier: RecordingNotifier
+) -> Deps:
+    """Services wired with fakes: in-memory store, fake clock, fake ssh, ``ldap`` as directory."""
+    config = load(data).config
+    return Deps(
+        config=config,
+        policy=PolicyEngine(config),
+        store=InMemoryStore(),
+        clock=clock,
+        providers={"ssh": FakeProvider("ssh"), "ldap": ldap},
+        new_id=counter_ids(),
+        new_serial=serials(),
+        notifier=notifier,
+    )
+
+
+def user(deps: Deps, user_id: str) -> UserConfig:
+    """The configured user with this id."""
+    found = deps.config.user(user_id)
+    assert found is not None
+    return found
+
+
+def events(deps: Deps, action: str | None = None) -> list[AuditEvent]:
+    """Committed audit events, all or those of one action."""
+    with deps.store.transaction() as tx:
+        return [e for e in tx.audit_events() if action is None or e.action == action]
+
+
+def actions(deps: Deps) -> list[str]:
+    """The actions of all committed audit events, in order."""
+    return [e.action for e in events(deps)]
 
 
 def load(data: dict[str, Any]) -> LoadedConfig:

@@ -19,11 +19,9 @@ from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_cr
 from keyturn.adapters.store.sql import SqlStore, create_engine, migrate
 from keyturn.config import KeyturnConfig, LoadedConfig
 from keyturn.domain.errors import ConfigError, ProviderError
-from keyturn.domain.model import GrantStatus
 from keyturn.domain.policy import PolicyEngine
 from keyturn.ports import Clock, Notifier, Provider, Store
 from keyturn.service.deps import Deps, random_id, random_serial
-from keyturn.service.metrics import Metrics
 
 FAULT_ENV = "KEYTURN_FAULT_BLOCK_AT"
 """Fault injection for crash tests: when set to a provider step (``grant``, ``verify_granted``,
@@ -131,10 +129,6 @@ def build(
     if isinstance(notifier, WebhookNotifier):
         closers.append(notifier.close)
 
-    def counts() -> dict[GrantStatus, int]:
-        with store.transaction() as tx:
-            return tx.grant_counts()
-
     deps = Deps(
         config=config,
         policy=policy,
@@ -144,7 +138,6 @@ def build(
         new_id=new_id,
         new_serial=new_serial,
         notifier=notifier,
-        metrics=Metrics(grant_counts=counts),
         executor=executor,
     )
     return App(deps=deps, loaded=loaded, ssh=ssh, store=store, closers=closers)

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -62,6 +63,61 @@ def make_user_key(path: Path, comment: str) -> Path:
     return path.with_name(path.name + ".pub")
 
 
+class Daemon:
+    """One foreground server process of the lab: started with its output appended to a log
+    file, waited for until a probe says it is ready, stopped with SIGTERM (SIGKILL after 5 s).
+
+    Args:
+        name: for error messages (``sshd``, ``slapd``).
+        log_path: where stdout and stderr go (appended across restarts).
+    """
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, argv: list[str], ready: Callable[[], bool], timeout: float) -> None:
+        """Spawn ``argv`` and return once ``ready()`` is true.
+
+        Raises:
+            RuntimeError: the process exited or was not ready within ``timeout`` seconds (with
+                the log's tail); it is stopped first.
+        """
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log_text()[-2000:]}")
+            if ready():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(
+            f"{self.name} did not start within {timeout}s:\n{self.log_text()[-2000:]}"
+        )
+
+    def log_text(self) -> str:
+        """What the process logged so far (all runs)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop the process and wait for it; safe to call twice."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
 @dataclass
 class Sshd:
     """A throwaway sshd for one target.
@@ -79,7 +135,9 @@ class Sshd:
     principals: list[str]
     port: int = field(default_factory=free_port)
     login: str = field(default_factory=getpass.getuser)
-    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self._daemon = Daemon("sshd", self.workdir / "sshd.log")
 
     def start(self, timeout: float = 10.0) -> Sshd:
         """Write the config and start sshd; return when it accepts connections."""
@@ -115,44 +173,23 @@ class Sshd:
         )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self._log = (self.workdir / "sshd.log").open("wb")
-        self.process = subprocess.Popen(
-            [sshd_binary(), "-D", "-e", "-f", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready(timeout)
+        self._daemon.start([sshd_binary(), "-D", "-e", "-f", str(config)], self._answers, timeout)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"sshd exited at start:\n{self.log_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    if sock.recv(4).startswith(b"SSH-"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"sshd did not start within {timeout}s:\n{self.log_text()[-2000:]}")
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                return sock.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
 
     def log_text(self) -> str:
         """What sshd logged so far."""
-        path = self.workdir / "sshd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self._daemon.log_text()
 
     def stop(self) -> None:
         """Stop sshd and wait for it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
+        self._daemon.stop()
 
 
 def ssh_login(
@@ -255,8 +292,9 @@ class Slapd:
     port: int = field(default_factory=free_port)
     root_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     service_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
-    process: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._daemon = Daemon("slapd", self.workdir / "slapd.log")
 
     @property
     def url(self) -> str:
@@ -304,19 +342,14 @@ class Slapd:
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(self._config_text(data))
-        self._log = (self.workdir / "slapd.log").open("ab")
-        self.process = subprocess.Popen(
-            [slapd_binary(), "-h", f"{self.url}/", "-f", str(config), "-d", "0"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            self._wait_ready(timeout)
-            if seed:
+        argv = [slapd_binary(), "-h", f"{self.url}/", "-f", str(config), "-d", "0"]
+        self._daemon.start(argv, self._binds, timeout)
+        if seed:
+            try:
                 self._seed()
-        except BaseException:
-            self.stop()
-            raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _config_text(self, data: Path) -> str:
@@ -362,17 +395,12 @@ class Slapd:
             ]
         )
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"slapd exited at start:\n{self.log_text()[-2000:]}")
-            try:
-                self.connect().unbind_s()
-                return
-            except ldap.LDAPError:
-                time.sleep(0.02)
-        raise RuntimeError(f"slapd did not start within {timeout}s:\n{self.log_text()[-2000:]}")
+    def _binds(self) -> bool:
+        try:
+            self.connect().unbind_s()
+        except ldap.LDAPError:
+            return False
+        return True
 
     def _seed(self) -> None:
         attribute, value, _ = ldap.dn.str2dn(self.suffix)[0][0]
@@ -401,21 +429,11 @@ class Slapd:
 
     def log_text(self) -> str:
         """What slapd logged so far (all runs on this workdir)."""
-        path = self.workdir / "slapd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self._daemon.log_text()
 
     def stop(self) -> None:
         """Stop slapd (SIGTERM, SIGKILL after 5 s) and wait for it; safe to call twice."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._daemon.stop()
 
     def connect(self, as_root: bool = True) -> ldap.ldapobject.LDAPObject:
         """A new LDAPv3 connection bound as the root DN, or as the service account.

@@ -1,4 +1,5 @@
-"""Fakes for fast tests: a settable clock, an in-memory store and an in-memory provider.
+"""Fakes for fast tests: a settable clock, an in-memory store, an in-memory provider and a
+recording notifier.
 
 They implement the ports in :mod:`keyturn.ports` and pass the same contract tests as the real
 adapters (``tests/contract``). Shipped with the package so users can test their policies and
@@ -288,6 +289,17 @@ class InMemoryTx:
     def audit_head(self) -> tuple[int, str] | None:
         """The head ``(seq, hash)``."""
         return self._s.head
+
+
+class RecordingNotifier:
+    """:class:`keyturn.ports.Notifier` that records alerts instead of sending them."""
+
+    def __init__(self) -> None:
+        self.alerts: list[tuple[str, str, dict[str, str]]] = []
+
+    def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
+        """Record one alert."""
+        self.alerts.append((event, summary, details))
 
 
 class FakeProvider:

@@ -46,45 +46,33 @@ from keyturn.entrypoints import worker
 from keyturn.lab import Slapd
 from keyturn.service import access, audit_log
 from tests.conftest import LDAP_PASSWORD_ENV, load
+from tests.load import (
+    PLACEHOLDER,
+    TARGET,
+    UNFINISHED,
+    CountingProvider,
+    config_data,
+    counts,
+    percentile,
+    role,
+    seed,
+    uid,
+)
 
 pytestmark = pytest.mark.integration
 
 USERS = 100
 GROUPS = 20
 GRANTS = USERS * GROUPS
-TARGET = "corp-directory"
-PLACEHOLDER = "svc-backup"
 CREATE_THREADS = 4  # request_access is called concurrently, as the API server would
 CREATE_BUDGET_S = 35.0  # measured: ~20 s with 4 threads, ~29 s with 1, on 2 CPUs
 BAND_S = 3  # not_after values are spread over [deadline, deadline + BAND_S)
 DRAIN_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
-UNFINISHED = (
-    GrantStatus.PROVISIONING,
-    GrantStatus.ACTIVE,
-    GrantStatus.REVOKING,
-    GrantStatus.REVOKE_FAILED,
-)
 WORKER_NAMES = ("keyturn-worker-0", "keyturn-worker-1")
 # structlog ConsoleRenderer line of ``worker.run_once`` (keys sorted): grant grant_id=… status=…
 GRANT_LINE = re.compile(r"\] grant\s+grant_id=(\S+)\s+status=(\S+)")
 WORKER_ERRORS = ("worker pass failed", "worker pass crashed", "Traceback")
-
-
-def uid(i: int) -> str:
-    return f"u{i:03d}"
-
-
-def role(j: int) -> str:
-    return f"r{j:02d}"
-
-
-def seed(server: Slapd, users: int, groups: int) -> tuple[dict[str, str], list[str]]:
-    """svc-backup, u000.., and groups g00.. holding svc-backup only (a groupOfNames needs one)."""
-    people = {PLACEHOLDER: server.add_user(PLACEHOLDER)}
-    people |= {uid(i): server.add_user(uid(i)) for i in range(users)}
-    dns = [server.add_group(f"g{j:02d}", members=[people[PLACEHOLDER]]) for j in range(groups)]
-    return people, dns
 
 
 @pytest.fixture
@@ -100,68 +88,6 @@ def directory(server: Slapd) -> tuple[Slapd, dict[str, str], list[str]]:
     """slapd with svc-backup, u000..u099, and groups g00..g19."""
     people, groups = seed(server, USERS, GROUPS)
     return server, people, groups
-
-
-def config_data(
-    tmp_path: Path,
-    server: Slapd,
-    store_url: str,
-    groups: list[str],
-    placeholder: str,
-    *,
-    users: int = USERS,
-    settings: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "server": {"worker_max_sleep": "PT0.2S", "reconcile_interval": "PT1H"} | (settings or {}),
-        "store": {"url": store_url},
-        "ssh_ca": {"key_path": str(tmp_path / "ca" / "user_ca")},
-        "ldap": {
-            "url": server.url,
-            "bind_dn": server.service_dn,
-            "bind_password_env": LDAP_PASSWORD_ENV,
-            "users": {
-                "base": server.people_base,
-                "attribute": "uid",
-                "object_class": "inetOrgPerson",
-            },
-            "groups": [
-                {"dn": dn, "member_attribute": "member", "mode": "report", "allow": [placeholder]}
-                for dn in groups
-            ],
-        },
-        "users": [{"id": uid(i), "name": f"User {i}", "groups": ["sre"]} for i in range(users)],
-        "targets": [{"name": TARGET, "labels": {"kind": "directory"}}],
-        "roles": [
-            {
-                "name": role(j),
-                "tier": "standard",
-                "default_duration": "PT30M",
-                "max_duration": "PT4H",
-                "provider": "ldap",
-                "ldap": {"group": dn},
-            }
-            for j, dn in enumerate(groups)
-        ],
-        "eligibility": [
-            {
-                "groups": ["sre"],
-                "roles": [role(j) for j in range(len(groups))],
-                "targets": {"names": [TARGET]},
-            }
-        ],
-        "policy": {
-            "timezone": "UTC",
-            "rules": [
-                {
-                    "name": "standard-auto-approve",
-                    "when": 'role.tier == "standard" && request.duration <= 14400',
-                    "effect": "auto_approve",
-                }
-            ],
-        },
-    }
 
 
 def create_grants(app: App, deadline: datetime) -> list[str]:
@@ -192,18 +118,6 @@ def keyturn_command() -> str:
     found = str(local) if local.exists() else shutil.which("keyturn")
     assert found, "the keyturn console script is not installed"
     return found
-
-
-def counts(app: App) -> dict[GrantStatus, int]:
-    with app.store.transaction() as tx:
-        return tx.grant_counts()
-
-
-def percentile(values: list[int], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(0, math.ceil(p / 100 * len(ordered)) - 1)
-    return float(ordered[rank])
 
 
 class Workers:
@@ -352,7 +266,7 @@ def test_two_workers_revoke_2000_grants_exactly_once(
 ) -> None:
     server, people, groups = directory
     placeholder = normalize_dn(people[PLACEHOLDER])
-    data = config_data(tmp_path, server, pg_url, groups, people[PLACEHOLDER])
+    data = config_data(tmp_path, server, pg_url, groups, people[PLACEHOLDER], users=USERS)
     env = {LDAP_PASSWORD_ENV: server.service_password}
     app = bootstrap.build(load(data), environ=env)
     record_origins(app)
@@ -427,30 +341,6 @@ def test_two_workers_revoke_2000_grants_exactly_once(
         app.close()
 
 
-class SlowCountingProvider:
-    """The real LDAP provider behind a delay (a directory across a network) that counts the
-    revoke calls each grant gets."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self._inner = inner
-        self._delay = delay
-        self._lock = threading.Lock()
-        self.revokes: collections.Counter[str] = collections.Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def revoke(self, grant: Any, now: datetime) -> bool:
-        with self._lock:
-            self.revokes[grant.id] += 1
-        time.sleep(self._delay)
-        return bool(self._inner.revoke(grant, now))
-
-    def verify_revoked(self, grant: Any, now: datetime) -> bool:
-        time.sleep(self._delay)
-        return bool(self._inner.verify_revoked(grant, now))
-
-
 BACKLOG_USERS, BACKLOG_GROUPS = 4, 5
 
 
@@ -487,7 +377,7 @@ def test_backlog_longer_than_stale_after_is_not_revoked_twice(
                 assert view.grant is not None
                 assert view.grant.status is GrantStatus.ACTIVE
                 ids.add(view.grant.id)
-        slow = SlowCountingProvider(app.deps.providers["ldap"], 0.1)
+        slow = CountingProvider(app.deps.providers["ldap"], 0.1)
         app.deps.providers["ldap"] = slow
         thread.start()
         deadline = time.monotonic() + 60

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 
-from keyturn.config import UserConfig
 from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from keyturn.domain.model import (
     AccessRequest,
@@ -21,14 +20,9 @@ from keyturn.service import access, audit_log, grants
 from keyturn.service.access import RequestInput
 from keyturn.service.deps import Deps
 from keyturn.testing import FakeClock, FakeProvider
+from tests.conftest import actions, user
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x@y"
-
-
-def user(deps: Deps, user_id: str) -> UserConfig:
-    found = deps.config.user(user_id)
-    assert found is not None
-    return found
 
 
 def ask(deps: Deps, who: str, role: str = "server-admin", **kw: object) -> access.RequestView:
@@ -40,11 +34,6 @@ def ask(deps: Deps, who: str, role: str = "server-admin", **kw: object) -> acces
         ssh_public_key=KEY,
     )
     return access.request_access(deps, user(deps, who), data)
-
-
-def actions(deps: Deps) -> list[str]:
-    with deps.store.transaction() as tx:
-        return [e.action for e in tx.audit_events()]
 
 
 def test_auto_approved_request_is_granted_at_once(deps: Deps, provider: FakeProvider) -> None:

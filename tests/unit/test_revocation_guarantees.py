@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyturn.config import UserConfig
-from keyturn.domain.audit import AuditEvent, format_time
+from keyturn.domain.audit import format_time
 from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, ProviderError
 from keyturn.domain.model import AccessRequest, EndReason, Grant, GrantStatus
 from keyturn.domain.policy import PolicyEngine
@@ -20,29 +19,23 @@ from keyturn.ports import Granted
 from keyturn.service import access, grants
 from keyturn.service.access import RequestInput
 from keyturn.service.deps import Deps
-from keyturn.service.metrics import Metrics
-from keyturn.testing import FakeClock, FakeProvider, InMemoryStore
-from tests.conftest import counter_ids, example_data, load, serials
+from keyturn.testing import FakeClock, FakeProvider, RecordingNotifier
+from tests.conftest import (
+    SHARED_GROUPS,
+    actions,
+    directory_data,
+    directory_deps,
+    events,
+    load,
+    user,
+)
 
-DB = "cn=db-admins"
-APPS = "cn=app-deployers"
-SHARED = {"db-admins": DB, "app-deployer": APPS}
-LDAP_URL = "ldap://127.0.0.1:1"  # keeps the directory roles; the fake never connects
+SHARED = SHARED_GROUPS
+DB, APPS = SHARED["db-admins"], SHARED["app-deployer"]
 
 
 class Crash(Exception):
     """Stands in for the process dying in the middle of a provider call."""
-
-
-class RecordingNotifier:
-    """Records alerts instead of sending them."""
-
-    def __init__(self) -> None:
-        self.alerts: list[tuple[str, str, dict[str, str]]] = []
-
-    def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
-        """Record one alert."""
-        self.alerts.append((event, summary, details))
 
 
 class ScriptedProvider(FakeProvider):
@@ -83,35 +76,6 @@ class ScriptedProvider(FakeProvider):
         return super().revoke(grant, now)
 
 
-def directory_data(tmp_path: Path) -> dict[str, Any]:
-    """The example configuration with its directory roles."""
-    return example_data(tmp_path, ldap_url=LDAP_URL)
-
-
-def build(
-    data: dict[str, Any], clock: FakeClock, ldap: FakeProvider, notifier: RecordingNotifier
-) -> Deps:
-    """Deps with an in-memory store, the fake clock, fake ssh and the shared fake directory."""
-    config = load(data).config
-    deps = Deps(
-        config=config,
-        policy=PolicyEngine(config),
-        store=InMemoryStore(),
-        clock=clock,
-        providers={"ssh": FakeProvider("ssh"), "ldap": ldap},
-        new_id=counter_ids(),
-        new_serial=serials(),
-        notifier=notifier,
-    )
-
-    def counts() -> dict[GrantStatus, int]:
-        with deps.store.transaction() as tx:
-            return tx.grant_counts()
-
-    deps.metrics = Metrics(grant_counts=counts)  # as bootstrap.build wires it
-    return deps
-
-
 def reconfigure(deps: Deps, data: dict[str, Any]) -> None:
     """Replace the configuration in force (a restart or reload)."""
     deps.config = load(data).config
@@ -135,13 +99,7 @@ def deps(
     tmp_path: Path, clock: FakeClock, ldap: ScriptedProvider, notifier: RecordingNotifier
 ) -> Deps:
     """Services wired with fakes, directory roles included."""
-    return build(directory_data(tmp_path), clock, ldap, notifier)
-
-
-def user(deps: Deps, user_id: str) -> UserConfig:
-    found = deps.config.user(user_id)
-    assert found is not None
-    return found
+    return directory_deps(directory_data(tmp_path), clock, ldap, notifier)
 
 
 def ask(
@@ -159,15 +117,6 @@ def ask(
 def row(deps: Deps, grant_id: str) -> Grant:
     with deps.store.transaction() as tx:
         return tx.get_grant(grant_id)
-
-
-def events(deps: Deps, action: str | None = None) -> list[AuditEvent]:
-    with deps.store.transaction() as tx:
-        return [e for e in tx.audit_events() if action is None or e.action == action]
-
-
-def actions(deps: Deps) -> list[str]:
-    return [e.action for e in events(deps)]
 
 
 def metric(deps: Deps, name: str, **labels: str) -> float | None:
@@ -622,7 +571,7 @@ def test_extend_needs_the_policy_to_auto_approve_the_longer_window(
     """Auto-approval up to one hour: 50 minutes + 20 is refused, 50 + 10 is allowed."""
     data = directory_data(tmp_path)
     data["policy"]["rules"][0]["when"] = 'role.tier == "standard" && request.duration <= 3600'
-    deps = build(data, clock, ldap, notifier)
+    deps = directory_deps(data, clock, ldap, notifier)
     grant = ask(deps, "alice", duration=timedelta(minutes=50))
     assert grant.status is GrantStatus.ACTIVE
     with pytest.raises(Forbidden, match="policy"):

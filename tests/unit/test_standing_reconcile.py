@@ -7,32 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from keyturn.config import UserConfig
-from keyturn.domain.audit import AuditEvent
 from keyturn.domain.errors import Forbidden, ProviderError
 from keyturn.domain.model import Grant, GrantStatus, StandingSnapshot
-from keyturn.domain.policy import PolicyEngine
 from keyturn.service import access, grants, standing
 from keyturn.service.access import RequestInput
 from keyturn.service.deps import Deps
 from keyturn.service.standing import Finding
-from keyturn.testing import FakeClock, FakeProvider, InMemoryStore
-from tests.conftest import counter_ids, example_data, load, serials
+from keyturn.testing import FakeClock, FakeProvider, RecordingNotifier
+from tests.conftest import SHARED_GROUPS, directory_data, directory_deps, events, user
 
-DB = "cn=db-admins"
-APPS = "cn=app-deployers"
-SHARED = {"db-admins": DB, "app-deployer": APPS}
-
-
-class RecordingNotifier:
-    """Records alerts instead of sending them."""
-
-    def __init__(self) -> None:
-        self.alerts: list[tuple[str, str, dict[str, str]]] = []
-
-    def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
-        """Record one alert."""
-        self.alerts.append((event, summary, details))
+SHARED = SHARED_GROUPS
+DB, APPS = SHARED["db-admins"], SHARED["app-deployer"]
 
 
 @pytest.fixture
@@ -44,23 +29,7 @@ def ldap() -> FakeProvider:
 @pytest.fixture
 def deps(tmp_path: Path, clock: FakeClock, ldap: FakeProvider) -> Deps:
     """Services wired with fakes, directory roles included."""
-    config = load(example_data(tmp_path, ldap_url="ldap://127.0.0.1:1")).config
-    return Deps(
-        config=config,
-        policy=PolicyEngine(config),
-        store=InMemoryStore(),
-        clock=clock,
-        providers={"ssh": FakeProvider("ssh"), "ldap": ldap},
-        new_id=counter_ids(),
-        new_serial=serials(),
-        notifier=RecordingNotifier(),
-    )
-
-
-def user(deps: Deps, user_id: str) -> UserConfig:
-    found = deps.config.user(user_id)
-    assert found is not None
-    return found
+    return directory_deps(directory_data(tmp_path), clock, ldap, RecordingNotifier())
 
 
 def ask(deps: Deps, who: str, role: str = "db-admins") -> Grant:
@@ -72,11 +41,6 @@ def ask(deps: Deps, who: str, role: str = "db-admins") -> Grant:
     assert view.grant is not None
     assert view.grant.status is GrantStatus.ACTIVE
     return view.grant
-
-
-def events(deps: Deps, action: str | None = None) -> list[AuditEvent]:
-    with deps.store.transaction() as tx:
-        return [e for e in tx.audit_events() if action is None or e.action == action]
 
 
 def snapshots(deps: Deps) -> list[StandingSnapshot]:

@@ -78,6 +78,9 @@ class Deps:
     executor: Executor | None = None
     in_flight: InFlight = field(default_factory=InFlight)
 
+    def __post_init__(self) -> None:
+        self.metrics.count_grants_in(self.store)
+
     def provider(self, name: str) -> Provider:
         """The provider bound to ``name``.
 

@@ -193,7 +193,13 @@ def _sharing(deps: Deps, grant: Grant) -> list[Grant]:
     if grant.privilege is None:
         return []
     with deps.store.transaction() as tx:
-        holding = tx.grants_holding(grant.provider, grant.privilege, user_id=grant.user_id)
+        return _others_holding(tx, grant)
+
+
+def _others_holding(tx: StoreTx, grant: Grant) -> list[Grant]:
+    if grant.privilege is None:
+        return []
+    holding = tx.grants_holding(grant.provider, grant.privilege, user_id=grant.user_id)
     return [g for g in holding if g.id != grant.id]
 
 
@@ -409,10 +415,7 @@ def _start_revoke(deps: Deps, grant: Grant) -> list[Grant]:
         current = tx.get_grant(grant.id)
         if current.status is not grant.status or current.updated_at != grant.updated_at:
             raise Conflict(f"grant {grant.id} was taken over", grant_id=grant.id)
-        if grant.privilege is None:
-            return []
-        holding = tx.grants_holding(grant.provider, grant.privilege, user_id=grant.user_id)
-    return [g for g in holding if g.id != grant.id]
+        return _others_holding(tx, grant)
 
 
 def _commit_revoked(deps: Deps, grant: Grant, details: dict[str, object]) -> Grant:

@@ -10,13 +10,14 @@ Names follow the Prometheus conventions (``_total`` counters, base units: second
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from keyturn.domain.model import GrantStatus
+from keyturn.ports import Store
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """Revocation lag buckets, seconds: sub-second for a healthy worker up to an hour of outage."""
@@ -25,21 +26,23 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900
 class _GrantStates(Collector):
     """``keyturn_grants{state}``: grants per state, read from the store at scrape time."""
 
-    def __init__(self, counts: Callable[[], dict[GrantStatus, int]]) -> None:
-        self._counts = counts
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("keyturn_grants", "Grants by state.", labels=["state"])
-        counts = self._counts()
+        with self._store.transaction() as tx:
+            counts = tx.grant_counts()
         for state in GrantStatus:
             family.add_metric([str(state)], counts.get(state, 0))
         yield family
 
 
 class Metrics:
-    """The instance's metrics. ``grant_counts`` is called at each scrape (may be None)."""
+    """The instance's metrics; :meth:`count_grants_in` adds the store-backed gauge."""
 
-    def __init__(self, grant_counts: Callable[[], dict[GrantStatus, int]] | None = None) -> None:
+    def __init__(self) -> None:
+        self._store: Store | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.revocations_attempted = Counter(
@@ -91,8 +94,12 @@ class Metrics:
             ["provider", "kind"],
             registry=r,
         )
-        if grant_counts is not None:
-            r.register(_GrantStates(grant_counts))
+
+    def count_grants_in(self, store: Store) -> None:
+        """Report ``keyturn_grants{state}`` from ``store`` at each scrape (once per registry)."""
+        if self._store is None:
+            self._store = store
+            self.registry.register(_GrantStates(store))
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

@@ -19,6 +19,7 @@ KPI's baseline).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,7 +49,7 @@ class Finding:
     privilege: str
     identity: str
     user_id: str | None
-    action: str
+    action: str = "reported"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,17 @@ class ReconcileReport:
     findings: list[Finding] = field(default_factory=list)
     standing: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+
+def reconcile_as(deps: Deps, admin: UserConfig, *, dry_run: bool) -> ReconcileReport:
+    """:func:`reconcile` on an admin's demand (``keyturn reconcile``).
+
+    Raises:
+        Forbidden: the user is not an admin.
+    """
+    if not deps.is_admin(admin):
+        raise Forbidden("only an admin may run reconciliation")
+    return reconcile(deps, dry_run=dry_run, actor=admin.id)
 
 
 def reconcile(
@@ -132,20 +144,9 @@ def _one(
         if kind == "standing":
             standing.append(member)
         remove = kind == "lingering" or holding.enforce
-        action = _act(
-            report.dry_run,
-            remove,
-            "remove",
-            partial(provider.remove_holder, holding.privilege, member),
-            noop="already gone",
-            done="removed",
-        )
-        _record(
-            deps,
-            report,
-            actor,
-            Finding(kind, provider.name, holding.privilege, member, holder, action),
-        )
+        change = partial(provider.remove_holder, holding.privilege, member) if remove else None
+        finding = Finding(kind, provider.name, holding.privilege, member, holder)
+        _settle(deps, report, actor, finding, change)
     for grant in live:
         identity = identities.of(grant.user_id)
         if grant.status is not GrantStatus.ACTIVE or identity is None:
@@ -154,19 +155,12 @@ def _one(
             continue
         if identity in holding.members:
             continue
-        action = _act(
-            report.dry_run,
-            True,
-            "restore",
-            partial(provider.add_holder, holding.privilege, identity),
-            noop="already there",
-            done="restored",
-        )
-        _record(
+        _settle(
             deps,
             report,
             actor,
-            Finding("missing", provider.name, holding.privilege, identity, grant.user_id, action),
+            Finding("missing", provider.name, holding.privilege, identity, grant.user_id),
+            partial(provider.add_holder, holding.privilege, identity),
         )
     report.standing[holding.privilege] = len(standing)
     if not report.dry_run:
@@ -177,27 +171,34 @@ def _one(
             )
 
 
-def _act(
-    dry_run: bool,
-    wanted: bool,
-    verb: str,
-    change: Callable[[], bool],
-    *,
-    noop: str,
-    done: str,
-) -> str:
-    """Run ``change`` (True = it was already so) unless reporting only or dry-running."""
-    if not wanted:
-        return "reported"
-    if dry_run:
-        return f"would {verb}"
-    try:
-        return noop if change() else done
-    except ProviderError as exc:
-        return f"failed: {exc.message}"
+_WORDS = {
+    "standing": ("would remove", "already gone", "removed"),
+    "lingering": ("would remove", "already gone", "removed"),
+    "missing": ("would restore", "already there", "restored"),
+}
+"""Per kind: the action of a dry run, of a change that was already so, of a change made."""
 
 
-def _record(deps: Deps, report: ReconcileReport, actor: str, finding: Finding) -> None:
+def _settle(
+    deps: Deps,
+    report: ReconcileReport,
+    actor: str,
+    finding: Finding,
+    change: Callable[[], bool] | None,
+) -> None:
+    """Act on a finding (``change`` returns True when it was already so; None: report only),
+    then record it: in the report and, unless a dry run, as an audit event and a metric."""
+    would, noop, done = _WORDS[finding.kind]
+    if change is None:
+        action = "reported"
+    elif report.dry_run:
+        action = would
+    else:
+        try:
+            action = noop if change() else done
+        except ProviderError as exc:
+            action = f"failed: {exc.message}"
+    finding = dataclasses.replace(finding, action=action)
     report.findings.append(finding)
     if report.dry_run:
         return
@@ -212,7 +213,7 @@ def _record(deps: Deps, report: ReconcileReport, actor: str, finding: Finding) -
                 actor,
                 "reconcile.finding",
                 subject,
-                {"kind": finding.kind, "provider": finding.provider, "action": finding.action},
+                {"kind": finding.kind, "provider": finding.provider, "action": action},
             )
         )
 
@@ -246,24 +247,12 @@ def standing_report(
     )
 
 
-def finding_data(finding: Finding) -> dict[str, object]:
-    """A finding as JSON-safe data (API, CLI)."""
-    return {
-        "kind": finding.kind,
-        "provider": finding.provider,
-        "privilege": finding.privilege,
-        "identity": finding.identity,
-        "user_id": finding.user_id,
-        "action": finding.action,
-    }
-
-
 def report_data(report: ReconcileReport) -> dict[str, object]:
     """A reconciliation report as JSON-safe data."""
     return {
         "at": format_time(report.at),
         "dry_run": report.dry_run,
-        "findings": [finding_data(f) for f in report.findings],
+        "findings": [dataclasses.asdict(f) for f in report.findings],
         "standing": report.standing,
         "errors": report.errors,
     }

@@ -8,6 +8,7 @@ sent as ``Authorization: Bearer`` and never logged; the URL is logged by host on
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from datetime import timedelta
@@ -70,23 +71,11 @@ class WebhookNotifier:
                     error=type(exc).__name__,
                     alert=payload["event"],
                 )
-            finally:
-                self._queue.task_done()
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until queued alerts were attempted; True if the queue drained in time."""
-        done = threading.Event()
-
-        def wait() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=wait, daemon=True).start()
-        return done.wait(timeout)
 
     def close(self) -> None:
-        """Deliver what is queued (best effort), then stop the thread and close the client."""
-        self.flush()
-        self._queue.put(None)
+        """Deliver what is queued (the stop marker goes behind it; waits ~10 s at most), then
+        stop the thread and close the client."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=5)
         self._thread.join(timeout=5)
         self._client.close()

@@ -20,7 +20,7 @@ from keyturn import __version__
 from keyturn.bootstrap import App
 from keyturn.config import UserConfig
 from keyturn.domain.durations import parse_iso_duration
-from keyturn.domain.errors import Forbidden, InvalidInput, Unauthenticated
+from keyturn.domain.errors import InvalidInput, Unauthenticated
 from keyturn.domain.model import GrantStatus, RequestStatus, Verdict
 from keyturn.entrypoints.api import problems
 from keyturn.entrypoints.api.schemas import (
@@ -186,11 +186,8 @@ def create_app(app: App) -> FastAPI:
     @api.post("/v1/reconcile", tags=["reconciliation"])
     def reconcile(user: User, body: ReconcileBody | None = None) -> dict[str, Any]:
         """Admin: compare managed groups with grants now; ``dry_run`` changes nothing."""
-        if not deps.is_admin(user):
-            raise Forbidden("only an admin may run reconciliation")
         dry_run = body.dry_run if body else False
-        report = standing.reconcile(deps, dry_run=dry_run, actor=user.id)
-        return standing.report_data(report)
+        return standing.report_data(standing.reconcile_as(deps, user, dry_run=dry_run))
 
     @api.get("/v1/reports/standing", tags=["reports"])
     def report_standing(user: User, since: datetime | None = None) -> dict[str, Any]:
