@@ -2,6 +2,7 @@
 # Install the system packages Keyturn needs, only when missing (Debian/Ubuntu, apt-get).
 #   scripts/system-deps.sh build  -> headers to build python-ldap (libldap2-dev, libsasl2-dev)
 #   scripts/system-deps.sh demo   -> build + OpenSSH server/client + OpenLDAP slapd/ldap-utils
+#                                    + Prometheus Alertmanager
 #   scripts/system-deps.sh test   -> demo + PostgreSQL server binaries (throwaway clusters)
 set -euo pipefail
 mode=${1:-test}
@@ -14,6 +15,7 @@ if [ "$mode" = demo ] || [ "$mode" = test ]; then
   { command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || need+=(openssh-client)
   [ -x /usr/sbin/slapd ] || need+=(slapd)
   command -v ldapsearch >/dev/null || need+=(ldap-utils)
+  [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 fi
 if [ "$mode" = test ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)

@@ -17,7 +17,7 @@ import re
 import string
 import zoneinfo
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +33,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from keyturn.domain.durations import parse_iso_duration, to_iso_duration
@@ -49,6 +50,7 @@ PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]{0,127}$")
 PRINCIPAL_FIELDS = frozenset({"role", "target", "user"})
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 def _iso_duration(value: object) -> timedelta:
@@ -70,6 +72,14 @@ Duration = Annotated[
 ]
 
 
+def _check_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {value!r}") from exc
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,7 +91,7 @@ class UserConfig(_Strict):
     name: str = Field(min_length=1, max_length=200)
     email: str | None = None
     groups: tuple[Name, ...] = ()
-    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+    token_sha256: Sha256Hex | None = Field(
         default=None, description="SHA-256 (hex) of the user's API token; never the token"
     )
     directory_login: str | None = Field(
@@ -241,15 +251,132 @@ class PolicyConfig(_Strict):
 
     timezone: str = "UTC"
     rules: tuple[RuleConfig, ...] = ()
+    tests: Annotated[str, Field(min_length=1, max_length=1000)] | None = Field(
+        default=None,
+        description="policy test cases (path relative to this file) that must pass before this "
+        "configuration is loaded or reloaded",
+    )
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return _check_zone(value)
+
+
+class RotationConfig(_Strict):
+    """A simple rota: ``people`` take turns, each for one ``shift``, from ``start``.
+
+    ``start`` is a wall-clock time in ``timezone`` (``2026-11-02T09:00``); hand-overs happen at
+    the same wall-clock time every shift, across daylight-saving changes (a 1-day shift that
+    starts at 09:00 always hands over at 09:00 local time).
+    """
+
+    start: datetime
+    timezone: str = "UTC"
+    shift: Duration = timedelta(days=7)
+    people: tuple[Annotated[str, Field(min_length=1, max_length=254)], ...] = Field(
+        min_length=1, description="user ids or e-mail addresses, in order"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+    @field_validator("start")
+    @classmethod
+    def _naive(cls, value: datetime) -> datetime:
+        if value.tzinfo is not None:
+            raise ValueError("give start as a local wall-clock time; the zone is `timezone`")
         return value
+
+
+class ScheduleConfig(_Strict):
+    """An on-call schedule and the targets it covers.
+
+    Exactly one source: ``ical`` (an RFC 5545 file path, relative to the configuration file, or
+    an ``http(s)://`` URL, e.g. a PagerDuty or Opsgenie schedule export) or ``rotation``.
+    """
+
+    name: Name
+    ical: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    rotation: RotationConfig | None = None
+    targets: TargetSelector
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScheduleConfig:
+        if (self.ical is None) == (self.rotation is None):
+            raise ValueError("give exactly one of ical or rotation")
+        if self.ical is not None and "://" in self.ical:
+            scheme, rest = self.ical.split("://", 1)
+            if scheme not in ("http", "https"):
+                raise ValueError("ical URLs must be http:// or https://")
+            if "@" in rest.split("/", 1)[0]:
+                raise ValueError("credentials in the URL are refused")
+        return self
+
+
+class OnCallConfig(_Strict):
+    """Where on-call schedules come from, and how stale they may get.
+
+    Sources are re-read every ``refresh``. A source that cannot be read keeps its last good state
+    for ``keep_last_good``; after that (or if it was never read) nobody counts as on call for it
+    (fail closed).
+    """
+
+    refresh: Duration = timedelta(minutes=5)
+    keep_last_good: Duration = timedelta(hours=1)
+    timeout: Duration = timedelta(seconds=10)
+    max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    schedules: tuple[ScheduleConfig, ...] = ()
+
+
+LabelRegex = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class AlertMappingConfig(_Strict):
+    """Alerts whose labels all match (each regular expression fully anchored) map to ``targets``."""
+
+    match: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], LabelRegex] = (
+        Field(min_length=1)
+    )
+    targets: tuple[Name, ...] = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"label {label}: invalid regular expression: {exc}") from exc
+        return value
+
+
+class BasicAuthConfig(_Strict):
+    """HTTP basic credentials a sender uses; only the password's SHA-256 is stored."""
+
+    username: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")]
+    password_sha256: Sha256Hex
+
+
+class AlertsConfig(_Strict):
+    """Alert webhooks (``/v1/webhooks/alertmanager``, ``/v1/webhooks/alerts``) and their mapping.
+
+    Senders authenticate with a bearer token (``bearer_token_sha256``) or basic auth (``basic``),
+    as Alertmanager's ``http_config`` sends them; with neither configured the webhooks are off.
+    An alert maps to the target named by its ``target_label`` label, and to the targets of every
+    mapping whose matchers all match.
+    """
+
+    bearer_token_sha256: Sha256Hex | None = None
+    basic: BasicAuthConfig | None = None
+    target_label: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = (
+        "target"
+    )
+    mappings: tuple[AlertMappingConfig, ...] = ()
+    max_alerts: int = Field(default=1000, ge=1, le=100_000, description="per webhook call")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 class AdminsConfig(_Strict):
@@ -340,6 +467,21 @@ class LdapConfig(_Strict):
         return next((g for g in self.groups if normalize_dn(g.dn) == wanted), None)
 
 
+class SmtpConfig(_Strict):
+    """E-mail notifications through an SMTP relay (RFC 5321), optionally with STARTTLS and login.
+
+    The password comes from the environment variable ``password_env``, never this file.
+    """
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: int = Field(default=25, ge=1, le=65535)
+    from_address: Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$", max_length=254)]
+    starttls: bool = False
+    username: Annotated[str, Field(min_length=1, max_length=254)] | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+
 class NotifierConfig(_Strict):
     """Where alerts go besides the log: a webhook that receives JSON ``POST``s.
 
@@ -350,6 +492,11 @@ class NotifierConfig(_Strict):
     webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)] | None = None
     webhook_token_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
     timeout: Duration = timedelta(seconds=5)
+    smtp: SmtpConfig | None = None
+    expiry_warning: Duration = Field(
+        default=timedelta(minutes=10),
+        description="how long before a grant ends its holder is told it is expiring",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -388,6 +535,42 @@ class ServerConfig(_Strict):
         default=timedelta(minutes=5),
         description="how often the worker compares managed groups with grants",
     )
+    schedule_horizon: Duration = Field(
+        default=timedelta(days=7), description="how far ahead a scheduled start may be"
+    )
+
+
+class AlwaysOnConfig(_Strict):
+    """What ``keyturn report always-on`` calls habitual elevation.
+
+    Working hours are ``start``–``end`` on ``workdays`` (1=Mon … 7=Sun) in ``timezone``. A
+    requester is listed for a role when their grants of it cover at least ``threshold`` of the
+    working hours in the last ``window``.
+    """
+
+    timezone: str = "UTC"
+    workdays: tuple[Annotated[int, Field(ge=1, le=7)], ...] = (1, 2, 3, 4, 5)
+    start: time = time(9, 0)
+    end: time = time(17, 0)
+    window: Duration = timedelta(days=14)
+    threshold: float = Field(default=0.5, gt=0, le=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+    @model_validator(mode="after")
+    def _order(self) -> AlwaysOnConfig:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class ReportsConfig(_Strict):
+    """Settings of the built-in reports."""
+
+    always_on: AlwaysOnConfig = AlwaysOnConfig()
 
 
 class KeyturnConfig(_Strict):
@@ -405,6 +588,20 @@ class KeyturnConfig(_Strict):
     roles: tuple[RoleConfig, ...] = ()
     eligibility: tuple[EligibilityConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
+    oncall: OnCallConfig = OnCallConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    reports: ReportsConfig = ReportsConfig()
+
+    def users_named(self, who: str) -> list[UserConfig]:
+        """Users an on-call entry names: by exact id, or by e-mail ignoring case (``mailto:``
+        prefix allowed). More than one result means the name is ambiguous."""
+        value = who.strip()
+        if value.lower().startswith("mailto:"):
+            value = value[len("mailto:") :]
+        if "@" in value:
+            folded = value.casefold()
+            return [u for u in self.users if u.email and u.email.casefold() == folded]
+        return [u for u in self.users if u.id == value]
 
     def user(self, user_id: str) -> UserConfig | None:
         """The user with this exact id, or None."""
@@ -426,6 +623,16 @@ class LoadedConfig:
     config: KeyturnConfig
     sha256: str
     source: str
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative paths in the file (``ical``, ``policy.tests``) start from."""
+        return Path(self.source).parent if self.source != "<memory>" else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        """``path`` as given if absolute, else relative to :attr:`base_dir`."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
@@ -551,6 +758,20 @@ def check_references(config: KeyturnConfig) -> None:
     _known(config.admins.users, user_ids, "admins.users", "user")
     for i, policy_rule in enumerate(config.policy.rules):
         _check_rule_approvers(policy_rule, f"policy.rules[{i}]", config, user_ids, groups)
+    _unique([sc.name for sc in config.oncall.schedules], "oncall.schedules", "schedule")
+    for i, schedule in enumerate(config.oncall.schedules):
+        path = f"oncall.schedules[{i}]"
+        _known(schedule.targets.names, targets, f"{path}.targets.names", "target")
+        if not schedule.targets.names and not schedule.targets.labels:
+            raise _fail(f"{path}.targets", "covers no targets (give names or labels)")
+        if schedule.rotation is not None:
+            for j, person in enumerate(schedule.rotation.people):
+                if not config.users_named(person):
+                    raise _fail(
+                        f"{path}.rotation.people[{j}]", f"{person!r} is no user's id or e-mail"
+                    )
+    for i, mapping in enumerate(config.alerts.mappings):
+        _known(mapping.targets, targets, f"alerts.mappings[{i}].targets", "target")
 
 
 def _check_role_provider(config: KeyturnConfig, role: RoleConfig, path: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from keyturn.domain.audit import AuditDraft, AuditEvent
 from keyturn.domain.model import (
@@ -118,12 +118,49 @@ class ManagedPrivileges(Protocol):
         """Give ``privilege`` to ``identity``; True if it was already there."""
 
 
+@dataclass(frozen=True)
+class Recipient:
+    """A person a notification is for: their immutable id, display name and e-mail (if known)."""
+
+    user_id: str
+    name: str
+    email: str | None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A message for people about one access request or grant.
+
+    Attributes:
+        event: ``review.needed``, ``request.decided``, ``request.expired``, ``grant.activated``,
+            ``grant.expiring`` or ``grant.ended``.
+        recipients: who it is for (never empty when sent).
+        subject: one line, no secrets.
+        text: a few plain-text lines for people.
+        data: JSON-safe details for machines: ``request_id``, ``grant_id``, ``role``,
+            ``target``, ``requester``, times as RFC 3339 strings, …
+    """
+
+    event: str
+    recipients: tuple[Recipient, ...]
+    subject: str
+    text: str
+    data: dict[str, Any]
+
+
 class Notifier(Protocol):
-    """Tells people: alerts (a revocation failing) now; requests and break-glass later."""
+    """Tells people: operational alerts (a revocation failing) and notifications about access
+    requests and grants (review needed, decided, activated, expiring, ended).
+
+    Adapters: log, JSON webhook, e-mail; chat adapters plug in here later. Neither method may
+    raise or block for long: delivery happens in the background and failures are logged.
+    """
 
     def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
-        """Send an alert. Must not raise and must not block for long: delivery failures are
-        logged by the adapter."""
+        """Send an operational alert (for operators, not a particular user)."""
+
+    def notify(self, notification: Notification) -> None:
+        """Send a notification to its recipients."""
 
 
 class StoreTx(Protocol):

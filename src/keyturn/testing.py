@@ -30,7 +30,7 @@ from keyturn.domain.model import (
     Review,
     StandingSnapshot,
 )
-from keyturn.ports import Granted, Holdings, Provider
+from keyturn.ports import Granted, Holdings, Notification, Provider
 
 
 class FakeClock:
@@ -292,14 +292,24 @@ class InMemoryTx:
 
 
 class RecordingNotifier:
-    """:class:`keyturn.ports.Notifier` that records alerts instead of sending them."""
+    """:class:`keyturn.ports.Notifier` that records alerts and notifications instead of
+    sending them."""
 
     def __init__(self) -> None:
         self.alerts: list[tuple[str, str, dict[str, str]]] = []
+        self.notifications: list[Notification] = []
 
     def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
         """Record one alert."""
         self.alerts.append((event, summary, details))
+
+    def notify(self, notification: Notification) -> None:
+        """Record one notification."""
+        self.notifications.append(notification)
+
+    def sent(self, event: str) -> list[Notification]:
+        """The notifications of one event, in order."""
+        return [n for n in self.notifications if n.event == event]
 
 
 class FakeProvider:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
+from keyturn.ports import Notification
+
 log = structlog.get_logger("keyturn.notifier")
 
 QUEUE_SIZE = 10_000
@@ -29,6 +31,16 @@ class LogNotifier:
     def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
         """Log the alert."""
         log.error(summary, alert=event, **details)
+
+    def notify(self, notification: Notification) -> None:
+        """Log that a notification was sent, to whom (user ids) and about what (ids only)."""
+        log.info(
+            notification.subject,
+            notification=notification.event,
+            recipients=[r.user_id for r in notification.recipients],
+            request_id=notification.data.get("request_id"),
+            grant_id=notification.data.get("grant_id"),
+        )
 
 
 class WebhookNotifier:
@@ -52,6 +64,30 @@ class WebhookNotifier:
             self._queue.put_nowait(payload)
         except queue.Full:
             log.error("alert queue full; webhook delivery dropped", webhook=self._host, alert=event)
+
+    def notify(self, notification: Notification) -> None:
+        """Log the notification and queue it for the webhook (``{"kind": "notification", …}``)."""
+        self._log.notify(notification)
+        payload = {
+            "source": "keyturn",
+            "kind": "notification",
+            "event": notification.event,
+            "summary": notification.subject,
+            "text": notification.text,
+            "recipients": [
+                {"user_id": r.user_id, "name": r.name, "email": r.email}
+                for r in notification.recipients
+            ],
+            "details": notification.data,
+        }
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            log.error(
+                "notification queue full; webhook delivery dropped",
+                webhook=self._host,
+                notification=notification.event,
+            )
 
     def _drain(self) -> None:
         while (payload := self._queue.get()) is not None:
