@@ -14,13 +14,15 @@ import yaml
 from keyturn.config import LoadedConfig, UserConfig, parse_config
 from keyturn.domain.audit import AuditEvent
 from keyturn.domain.policy import PolicyEngine
+from keyturn.entrypoints.logs import configure as configure_logs
 from keyturn.lab import Slapd, example_directory
 from keyturn.service.deps import Deps
 from keyturn.testing import FakeClock, FakeProvider, InMemoryStore, RecordingNotifier
 from tests.pg import PgCluster
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
-USERS = ("alice", "bob", "carol", "dave", "mallory", "sam")
+configure_logs()  # as in production: logs on stderr, so in-process servers never mix into stdout
+USERS = ("alice", "bob", "carol", "dave", "erin", "mallory", "sam")
 TOKENS = {u: f"test-token-{u}" for u in USERS}
 LDAP_PASSWORD_ENV = "KEYTURN_LDAP_PASSWORD"  # examples/keyturn.yaml: ldap.bind_password_env
 
@@ -38,6 +40,9 @@ def example_data(
     data["ssh_ca"] = {"key_path": str(tmp_path / "ca" / "user_ca")}
     for user in data["users"]:
         user["token_sha256"] = hashlib.sha256(TOKENS[user["id"]].encode()).hexdigest()
+    for schedule in data["oncall"]["schedules"]:  # relative to the example file, not the cwd
+        schedule["ical"] = str(EXAMPLE.parent / schedule["ical"])
+    data["policy"]["tests"] = str(EXAMPLE.parent / data["policy"]["tests"])
     if ldap_url is None:
         without_directory(data)
     else:

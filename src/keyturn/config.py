@@ -330,6 +330,15 @@ class OnCallConfig(_Strict):
     max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     schedules: tuple[ScheduleConfig, ...] = ()
 
+    @model_validator(mode="after")
+    def _keep_covers_refresh(self) -> OnCallConfig:
+        if self.keep_last_good < self.refresh:
+            raise ValueError(
+                "keep_last_good must be at least refresh, or a healthy source would count as "
+                "failed between two refreshes"
+            )
+        return self
+
 
 LabelRegex = Annotated[str, Field(min_length=1, max_length=500)]
 
@@ -371,9 +380,7 @@ class AlertsConfig(_Strict):
 
     bearer_token_sha256: Sha256Hex | None = None
     basic: BasicAuthConfig | None = None
-    target_label: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = (
-        "target"
-    )
+    target_label: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = "target"
     mappings: tuple[AlertMappingConfig, ...] = ()
     max_alerts: int = Field(default=1000, ge=1, le=100_000, description="per webhook call")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -543,7 +550,7 @@ class ServerConfig(_Strict):
 class AlwaysOnConfig(_Strict):
     """What ``keyturn report always-on`` calls habitual elevation.
 
-    Working hours are ``start``–``end`` on ``workdays`` (1=Mon … 7=Sun) in ``timezone``. A
+    Working hours are ``start`` to ``end`` on ``workdays`` (1=Mon … 7=Sun) in ``timezone``. A
     requester is listed for a role when their grants of it cover at least ``threshold`` of the
     working hours in the last ``window``.
     """
@@ -758,6 +765,11 @@ def check_references(config: KeyturnConfig) -> None:
     _known(config.admins.users, user_ids, "admins.users", "user")
     for i, policy_rule in enumerate(config.policy.rules):
         _check_rule_approvers(policy_rule, f"policy.rules[{i}]", config, user_ids, groups)
+    _check_incident_sources(config, targets)
+
+
+def _check_incident_sources(config: KeyturnConfig, targets: set[str]) -> None:
+    """On-call schedules and alert mappings name known targets and (rotations) users."""
     _unique([sc.name for sc in config.oncall.schedules], "oncall.schedules", "schedule")
     for i, schedule in enumerate(config.oncall.schedules):
         path = f"oncall.schedules[{i}]"

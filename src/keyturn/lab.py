@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -23,9 +24,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
+import httpx
 import ldap
 import ldap.dn
 import ldap.ldapobject
@@ -566,3 +570,179 @@ def example_directory(workdir: Path) -> Slapd:
         slapd.stop()
         raise
     return slapd
+
+
+ALERTMANAGER_CANDIDATES = ("/usr/bin/prometheus-alertmanager", "/usr/local/bin/alertmanager")
+ALERTMANAGER_ROUTE_TIMINGS = {"group_wait": "0s", "group_interval": "1s", "repeat_interval": "24h"}
+"""Fast notifications: a new alert is sent at once, a resolve within ~1 s, no repeats in a test."""
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+ALERTMANAGER_HTTP_TIMEOUT = 5.0  # seconds, for calls to its API
+
+
+def alertmanager_binary() -> str:
+    """Path of Prometheus Alertmanager. Raises FileNotFoundError with the install hint."""
+    for candidate in ALERTMANAGER_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if found:
+        return found
+    raise FileNotFoundError("Alertmanager not found: apt-get install prometheus-alertmanager")
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("alert times must be aware datetimes")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Alertmanager:
+    """A throwaway Prometheus Alertmanager (0.25) whose one route sends every alert to a webhook.
+
+    Runs in the foreground with clustering off (``--cluster.listen-address=`` empty, so no gossip
+    port on 0.0.0.0:9094), its API on ``127.0.0.1:<port>``, storage in ``workdir/data``. The
+    route groups by all labels (``group_by: ['...']``: one notification per alert) with
+    :data:`ALERTMANAGER_ROUTE_TIMINGS`, and the receiver has ``send_resolved: true``. The sender
+    credentials go into ``http_config`` exactly as an operator would write them.
+
+    Args:
+        workdir: a private directory for ``alertmanager.yml`` (0600), ``alertmanager.log`` and data.
+        webhook_url: where notifications go; must be ``http(s)://`` on a loopback host.
+        bearer_token: sent as ``Authorization: Bearer <token>`` (``http_config.authorization``).
+        basic: ``(username, password)`` sent as HTTP basic auth (``http_config.basic_auth``).
+        port: the loopback port of its API and UI.
+
+    Raises:
+        ValueError: a webhook URL off loopback, or both kinds of credentials.
+    """
+
+    workdir: Path
+    webhook_url: str
+    bearer_token: str | None = None
+    basic: tuple[str, str] | None = None
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.webhook_url)
+        if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS:
+            raise ValueError(f"the lab only sends to loopback: {self.webhook_url!r}")
+        if self.bearer_token is not None and self.basic is not None:
+            raise ValueError("give a bearer token or basic credentials, not both")
+        self._daemon = Daemon("alertmanager", self.workdir / "alertmanager.log")
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``: its API (``/api/v2``) and UI."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> dict[str, object]:
+        """The ``alertmanager.yml`` content (written as JSON, which YAML reads as is)."""
+        webhook: dict[str, object] = {
+            "url": self.webhook_url,
+            "send_resolved": True,
+            "max_alerts": 0,
+        }
+        if self.bearer_token is not None:
+            webhook["http_config"] = {
+                "authorization": {"type": "Bearer", "credentials": self.bearer_token}
+            }
+        elif self.basic is not None:
+            username, password = self.basic
+            webhook["http_config"] = {"basic_auth": {"username": username, "password": password}}
+        return {
+            "route": {"receiver": "keyturn", "group_by": ["..."], **ALERTMANAGER_ROUTE_TIMINGS},
+            "receivers": [{"name": "keyturn", "webhook_configs": [webhook]}],
+        }
+
+    def start(self, timeout: float = 15.0) -> Alertmanager:
+        """Write the config and start Alertmanager; return once ``GET /-/ready`` answers 200.
+
+        Raises:
+            RuntimeError: it exited (e.g. a config error, in the log tail) or was not ready in
+                ``timeout`` seconds.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "alertmanager.yml"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.config(), out, indent=2)
+        argv = [
+            alertmanager_binary(),
+            f"--config.file={config}",
+            f"--storage.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.external-url={self.url}",
+            "--cluster.listen-address=",
+        ]
+        self._daemon.start(argv, self._ready, timeout)
+        return self
+
+    def _client(self) -> httpx.Client:
+        # trust_env=False: no proxy from the environment; this traffic stays on loopback.
+        return httpx.Client(base_url=self.url, trust_env=False, timeout=ALERTMANAGER_HTTP_TIMEOUT)
+
+    def _ready(self) -> bool:
+        try:
+            with self._client() as client:
+                return client.get("/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def post_alert(
+        self,
+        labels: dict[str, str],
+        annotations: dict[str, str] | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
+    ) -> None:
+        """Post one alert (``POST /api/v2/alerts``), as Prometheus does.
+
+        Without ``starts_at`` Alertmanager uses its receive time; without ``ends_at`` the alert
+        fires until ``resolve_timeout`` (5 min) passes without an update. An ``ends_at`` that
+        is not after Alertmanager's clock resolves it. Times must be aware.
+
+        Raises:
+            RuntimeError: Alertmanager refused the alert (with its answer).
+            httpx.HTTPError: it could not be reached.
+        """
+        alert: dict[str, object] = {"labels": labels, "annotations": annotations or {}}
+        if starts_at is not None:
+            alert["startsAt"] = _rfc3339(starts_at)
+        if ends_at is not None:
+            alert["endsAt"] = _rfc3339(ends_at)
+        with self._client() as client:
+            response = client.post("/api/v2/alerts", json=[alert])
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"Alertmanager refused the alert: {response.status_code} {response.text[:500]}"
+            )
+
+    def resolve_alert(
+        self,
+        labels: dict[str, str],
+        *,
+        annotations: dict[str, str] | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
+    ) -> None:
+        """Post the alert with ``labels`` again with an end, so it resolves.
+
+        Args:
+            labels: exactly the labels it was posted with (they make its identity).
+            annotations: its annotations (the resolved notification shows these).
+            starts_at: the start it was posted with, if any.
+            ends_at: aware end time, not after Alertmanager's clock; default: now.
+        """
+        # The lab's one clock read: Alertmanager compares endsAt with its own real clock, so a
+        # resolve without a caller-given end has to be "now" in real time.
+        end = ends_at if ends_at is not None else datetime.now(UTC)
+        self.post_alert(labels, annotations, starts_at=starts_at, ends_at=end)
+
+    def log_text(self) -> str:
+        """What Alertmanager logged so far (all runs on this workdir)."""
+        return self._daemon.log_text()
+
+    def stop(self) -> None:
+        """Stop Alertmanager (SIGTERM, SIGKILL after 5 s) and wait for it; safe to call twice."""
+        self._daemon.stop()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from keyturn.config import TargetConfig
+from keyturn.domain.alerts import AlertState
 from keyturn.domain.audit import AuditDraft, AuditEvent
 from keyturn.domain.model import (
     AccessRequest,
@@ -163,6 +165,25 @@ class Notifier(Protocol):
         """Send a notification to its recipients."""
 
 
+class OnCall(Protocol):
+    """Who is on call right now, per schedule (:mod:`keyturn.service.oncall`)."""
+
+    def on_call(self, user_id: str, target: TargetConfig) -> tuple[str, ...]:
+        """Names of the schedules covering ``target`` on which ``user_id`` is on call now; a
+        source that failed for longer than it may stay stale contributes nothing."""
+
+    def status(self) -> dict[str, dict[str, object]]:
+        """Per schedule: ``{state: ok|stale|failed, last_success, error, warnings}``."""
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    """An alert as kept in the store, with the targets it was mapped to when received."""
+
+    alert: AlertState
+    targets: tuple[str, ...]
+
+
 class StoreTx(Protocol):
     """One transaction on the store. Reads with ``lock=True`` hold the row until commit."""
 
@@ -220,7 +241,33 @@ class StoreTx(Protocol):
         ``retry_at`` has come; least recently updated first."""
 
     def next_due_at(self) -> datetime | None:
-        """The earliest ``not_after`` of an active grant or ``retry_at`` of a revoke_failed one."""
+        """The earliest ``not_after`` of an active grant, ``retry_at`` of a revoke_failed one or
+        ``start_at`` of a scheduled request."""
+
+    def due_scheduled(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Scheduled requests whose ``start_at`` ≤ ``now``, earliest first; locked so that two
+        workers never start the same one."""
+
+    def count_requests(self, requester_id: str, role: str, since: datetime) -> int:
+        """How many access requests this requester made for this role since ``since``."""
+
+    def grants_since(
+        self, since: datetime, *, user_id: str | None = None, role: str | None = None
+    ) -> list[Grant]:
+        """Grants (any state) whose window ends after ``since``, oldest first."""
+
+    def claim_expiring(self, before: datetime, limit: int) -> list[Grant]:
+        """Active grants with ``not_after`` ≤ ``before`` and no expiry warning sent yet; locked."""
+
+    def save_alert(
+        self, alert: AlertState, targets: tuple[str, ...], received_at: datetime
+    ) -> None:
+        """Insert or replace an alert (by fingerprint) and the targets it is mapped to."""
+
+    def alerts(
+        self, *, target: str | None = None, firing_only: bool = False, limit: int = 1000
+    ) -> list[StoredAlert]:
+        """Stored alerts (of one target), most recently received first."""
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

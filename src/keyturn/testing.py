@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from keyturn.domain.alerts import AlertState
 from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain
 from keyturn.domain.errors import Conflict, NotFound, ProviderError
 from keyturn.domain.model import (
@@ -30,7 +31,7 @@ from keyturn.domain.model import (
     Review,
     StandingSnapshot,
 )
-from keyturn.ports import Granted, Holdings, Notification, Provider
+from keyturn.ports import Granted, Holdings, Notification, Provider, StoredAlert
 
 
 class FakeClock:
@@ -60,6 +61,7 @@ class _State:
     audit: list[AuditEvent] = field(default_factory=list)
     head: tuple[int, str] | None = None
     snapshots: list[StandingSnapshot] = field(default_factory=list)
+    alerts: dict[str, tuple[AlertState, tuple[str, ...], datetime]] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -80,6 +82,7 @@ class InMemoryStore:
                 audit=list(self._state.audit),
                 head=self._state.head,
                 snapshots=list(self._state.snapshots),
+                alerts=dict(self._state.alerts),
             )
             yield InMemoryTx(work)
             self._state = work
@@ -207,14 +210,78 @@ class InMemoryTx:
         return sorted(rows, key=lambda g: g.updated_at)[:limit]
 
     def next_due_at(self) -> datetime | None:
-        """Earliest ``not_after`` of an active grant or ``retry_at`` of a revoke_failed one."""
+        """Earliest ``not_after`` of an active grant, ``retry_at`` of a revoke_failed one or
+        ``start_at`` of a scheduled request."""
         due = [g.not_after for g in self._s.grants.values() if g.status is GrantStatus.ACTIVE]
+        due += [
+            r.start_at
+            for r in self._s.requests.values()
+            if r.status is RequestStatus.SCHEDULED and r.start_at is not None
+        ]
         due += [
             g.retry_at
             for g in self._s.grants.values()
             if g.status is GrantStatus.REVOKE_FAILED and g.retry_at is not None
         ]
         return min(due) if due else None
+
+    def due_scheduled(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Scheduled requests whose start has come, earliest first."""
+        due = [
+            r
+            for r in self._s.requests.values()
+            if r.status is RequestStatus.SCHEDULED and r.start_at is not None and r.start_at <= now
+        ]
+        return sorted(due, key=lambda r: (r.start_at or now, r.id))[:limit]
+
+    def count_requests(self, requester_id: str, role: str, since: datetime) -> int:
+        """Requests by this requester for this role since ``since``."""
+        return sum(
+            1
+            for r in self._s.requests.values()
+            if r.requester_id == requester_id and r.role == role and r.created_at >= since
+        )
+
+    def grants_since(
+        self, since: datetime, *, user_id: str | None = None, role: str | None = None
+    ) -> list[Grant]:
+        """Grants whose window ends after ``since``, oldest first."""
+        rows = [
+            g
+            for g in self._s.grants.values()
+            if g.not_after > since
+            and (user_id is None or g.user_id == user_id)
+            and (role is None or g.role == role)
+        ]
+        return sorted(rows, key=lambda g: (g.not_before, g.id))
+
+    def claim_expiring(self, before: datetime, limit: int) -> list[Grant]:
+        """Active, unwarned grants ending by ``before``, soonest first."""
+        rows = [
+            g
+            for g in self._s.grants.values()
+            if g.status is GrantStatus.ACTIVE and g.warned_at is None and g.not_after <= before
+        ]
+        return sorted(rows, key=lambda g: (g.not_after, g.id))[:limit]
+
+    def save_alert(
+        self, alert: AlertState, targets: tuple[str, ...], received_at: datetime
+    ) -> None:
+        """Insert or replace by fingerprint."""
+        self._s.alerts[alert.fingerprint] = (alert, tuple(sorted(set(targets))), received_at)
+
+    def alerts(
+        self, *, target: str | None = None, firing_only: bool = False, limit: int = 1000
+    ) -> list[StoredAlert]:
+        """Most recently received first."""
+        rows = [
+            (received, StoredAlert(alert, targets))
+            for alert, targets, received in self._s.alerts.values()
+            if (target is None or target in targets)
+            and (not firing_only or alert.status == "firing")
+        ]
+        rows.sort(key=lambda row: (-row[0].timestamp(), row[1].alert.fingerprint))
+        return [stored for _, stored in rows[:limit]]
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

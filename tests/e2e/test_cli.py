@@ -290,7 +290,7 @@ def test_config_check_accepts_the_example() -> None:
     """``config check examples/keyturn.yaml`` exits 0 and summarises the file."""
     proc = run("config", "check", str(EXAMPLE))
     assert proc.returncode == 0, proc.stderr
-    assert ": ok (6 users, 3 targets, 4 roles, 2 rules" in proc.stdout
+    assert ": ok (7 users, 3 targets, 5 roles, 4 rules" in proc.stdout
 
 
 def test_config_check_names_the_unknown_key(tmp_path: Path) -> None:

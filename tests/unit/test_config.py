@@ -28,9 +28,12 @@ def test_example_configuration_is_valid() -> None:
     assert {r.name for r in loaded.config.roles} == {
         "server-admin",
         "db-schema-admin",
+        "db-admin",
         "db-admins",
         "app-deployer",
     }
+    assert [s.name for s in loaded.config.oncall.schedules] == ["database"]
+    assert loaded.resolve(loaded.config.oncall.schedules[0].ical or "").is_file()
     assert len(loaded.sha256) == 64
 
 
@@ -78,17 +81,17 @@ def test_approver_named_with_different_case_is_refused(tmp_path: Path) -> None:
     """An approver list naming 'CAROL' does not silently match 'carol'."""
 
     def change(d: dict[str, Any]) -> None:
-        d["policy"]["rules"][1]["approvers"] = {"users": ["CAROL"]}
+        d["policy"]["rules"][3]["approvers"] = {"users": ["CAROL"]}
 
     with pytest.raises(ConfigError, match="did you mean 'carol'") as info:
         load(_broken(tmp_path, change))
-    assert info.value.details["path"] == "policy.rules[1].approvers.users[0]"
+    assert info.value.details["path"] == "policy.rules[3].approvers.users[0]"
 
 
 def test_quorum_larger_than_possible_approvers_is_refused(tmp_path: Path) -> None:
-    """approvals: 3 with only two people in the approver group can never be met."""
-    data = _broken(tmp_path, lambda d: d["policy"]["rules"][1].update(approvals=3))
-    with pytest.raises(ConfigError, match="only 2 can approve"):
+    """approvals: 4 with only three people in the approver group can never be met."""
+    data = _broken(tmp_path, lambda d: d["policy"]["rules"][3].update(approvals=4))
+    with pytest.raises(ConfigError, match="only 3 can approve"):
         load(data)
 
 

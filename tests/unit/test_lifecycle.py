@@ -96,7 +96,8 @@ def test_requester_in_the_approver_group_never_counts(deps: Deps) -> None:
 
 def test_two_approvals_need_two_distinct_people(deps: Deps) -> None:
     """approvals: 2 — the same approver twice is a conflict and counts once."""
-    rule = deps.config.policy.rules[1].model_copy(update={"approvals": 2})
+    lead = next(r for r in deps.config.policy.rules if r.name == "high-tier-needs-lead")
+    rule = lead.model_copy(update={"approvals": 2})
     policy = deps.config.policy.model_copy(update={"rules": (deps.config.policy.rules[0], rule)})
     deps.config = deps.config.model_copy(update={"policy": policy})
     from keyturn.domain.policy import PolicyEngine

@@ -73,7 +73,16 @@ def test_first_matching_rule_decides_and_trace_records_each(tmp_path: Path) -> N
     assert decision.approvers.groups == ("dba-leads",)
     assert [(t["rule"], t["matched"]) for t in decision.trace] == [
         ("standard-auto-approve", False),
+        ("oncall-incident", False),
+        ("db-admin-two-reviews", False),
         ("high-tier-needs-lead", True),
+    ]
+    oncall = decision.trace[1]
+    assert oncall["why"] == "not matched: requester.on_call is false"
+    assert oncall["clauses"] == [
+        {"expr": 'role.tier == "high"', "value": "true"},
+        {"expr": "requester.on_call", "value": "false"},
+        {"expr": "target.alerting", "value": "not evaluated"},
     ]
 
 

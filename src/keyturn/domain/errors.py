@@ -43,6 +43,10 @@ class InvalidInput(KeyturnError):
     """The caller's input is malformed or out of range; the state is unchanged."""
 
 
+class TooLarge(InvalidInput):
+    """The input is over a configured size limit (a body, a count); nothing was accepted."""
+
+
 class ConfigError(KeyturnError):
     """The configuration is invalid. ``details['path']`` names the offending key path."""
 

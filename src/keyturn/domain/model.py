@@ -5,7 +5,9 @@ passed in by the caller. Every transition is explicit; any transition not in the
 raises :class:`~keyturn.domain.errors.Conflict` -- never a silent no-op.
 
 Access request: ``pending → approved | denied | cancelled | expired``; an auto-approved request
-goes straight to ``approved``; a request denied by policy is created ``denied``.
+goes straight to ``approved``; a request denied by policy is created ``denied``. A request with a
+later start (``start_at``) becomes ``scheduled`` instead of ``approved`` and, at its start,
+``approved`` (eligibility and policy evaluated again) or ``denied``; it can be cancelled until then.
 
 Grant: ``provisioning → active → revoking → revoked``, with ``revoke_failed`` between ``revoking``
 and ``revoked`` while retries continue, and ``provisioning → failed`` when the provider could not
@@ -27,6 +29,7 @@ class RequestStatus(enum.StrEnum):
     """State of an access request."""
 
     PENDING = "pending"
+    SCHEDULED = "scheduled"
     APPROVED = "approved"
     DENIED = "denied"
     CANCELLED = "cancelled"
@@ -70,11 +73,15 @@ class Verdict(enum.StrEnum):
 REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     RequestStatus.PENDING: frozenset(
         {
+            RequestStatus.SCHEDULED,
             RequestStatus.APPROVED,
             RequestStatus.DENIED,
             RequestStatus.CANCELLED,
             RequestStatus.EXPIRED,
         }
+    ),
+    RequestStatus.SCHEDULED: frozenset(
+        {RequestStatus.APPROVED, RequestStatus.DENIED, RequestStatus.CANCELLED}
     ),
     RequestStatus.APPROVED: frozenset(),
     RequestStatus.DENIED: frozenset(),
@@ -143,6 +150,7 @@ class AccessRequest:
     decision: Decision
     created_at: datetime
     updated_at: datetime
+    start_at: datetime | None = None
 
     def transition(self, to: RequestStatus, now: datetime) -> AccessRequest:
         """Return the request in state ``to``.
@@ -182,6 +190,7 @@ class Grant:
     normalised group DN for ``ldap``); None when each grant's privilege is its own (SSH).
     ``credentials`` holds what the requester receives (e.g. ``ssh_certificate``); never secrets.
     ``retry_at`` is when a ``revoke_failed`` grant is next retried.
+    ``warned_at`` is when its holder was told it is expiring soon (None: not yet).
     """
 
     id: str
@@ -204,6 +213,7 @@ class Grant:
     last_error: str | None = None
     privilege: str | None = None
     retry_at: datetime | None = None
+    warned_at: datetime | None = None
 
     def transition(self, to: GrantStatus, now: datetime, **changes: Any) -> Grant:
         """Return the grant in state ``to`` with ``changes`` applied.

@@ -4,21 +4,33 @@ Rules are written in the Common Expression Language (CEL, https://cel.dev, cel-s
 ``doc/langdef.md``) and compiled once when the configuration is loaded. The fact set a rule sees:
 
 =================  ===========================================================================
-``requester``      ``{id, name, groups}``
+``requester``      ``{id, name, email ("" if none), groups, on_call (bool: on call right now for
+                   a schedule covering this target), on_call_schedules (names)}``
 ``role``           ``{name, tier}``
-``target``         ``{name, labels}``
-``request``        ``{duration (seconds, int), justification, ticket ("" if none)}``
+``target``         ``{name, labels, alerting (bool: any firing alert mapped to the target),
+                   alerts ([{name, severity ("" if none), since (timestamp)}])}``
+``request``        ``{duration (seconds, int), justification, ticket ("" if none),
+                   scheduled (bool: the request asked for a later start)}``
+``history``        ``{requests_7d (int: this requester's requests for this role in the last 7
+                   days, this one excluded), hours_elevated_7d (double: hours they held the role
+                   in the last 7 days, overlaps counted once)}``
 ``now``            ``{timestamp (UTC), hour (0-23), weekday (1=Mon … 7=Sun), date}`` — hour,
                    weekday and date in the policy's time zone
 =================  ===========================================================================
 
-Later fact sources (on-call, alerts, history) add keys to these maps; :func:`base_facts` builds
-the part every decision has. A rule that fails at evaluation time counts as *not matched* and the
-error is kept in the decision's trace: an error never approves.
+:func:`base_facts` builds the part that needs no source; the service
+(:mod:`keyturn.service.facts`) adds on-call, alert and history facts. A rule that fails at
+evaluation time counts as *not matched*, the error is kept in the decision's trace and counted:
+an error never approves.
+
+Every decision carries an explanation: for each rule evaluated, matched or not and why. A rule
+whose condition is a conjunction (``a && b && c`` at the top level) is explained clause by clause,
+so "not matched" says which clause was false.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,18 +45,35 @@ from keyturn.domain.model import Approvers, Decision, Outcome
 ELIGIBILITY_RULE = "eligibility"
 DEFAULT_DENY_RULE = "default-deny"
 
+_PROBE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 _PROBE_FACTS: dict[str, Any] = {
-    "requester": {"id": "probe", "name": "Probe", "groups": ["g"]},
-    "role": {"name": "r", "tier": "standard"},
-    "target": {"name": "t", "labels": {"k": "v"}},
-    "request": {"duration": 60, "justification": "j", "ticket": ""},
-    "now": {
-        "timestamp": datetime(2026, 1, 1, tzinfo=UTC),
-        "hour": 0,
-        "weekday": 1,
-        "date": "2026-01-01",
+    "requester": {
+        "id": "probe",
+        "name": "Probe",
+        "email": "probe@example.org",
+        "groups": ["g"],
+        "on_call": True,
+        "on_call_schedules": ["s"],
     },
+    "role": {"name": "r", "tier": "standard"},
+    "target": {
+        "name": "t",
+        "labels": {"k": "v"},
+        "alerting": True,
+        "alerts": [{"name": "a", "severity": "critical", "since": _PROBE_TIME}],
+    },
+    "request": {"duration": 60, "justification": "j", "ticket": "", "scheduled": False},
+    "history": {"requests_7d": 1, "hours_elevated_7d": 1.5},
+    "now": {"timestamp": _PROBE_TIME, "hour": 0, "weekday": 1, "date": "2026-01-01"},
 }
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One top-level conjunct of a rule's condition, compiled on its own for explanations."""
+
+    text: str
+    program: Any
 
 
 @dataclass(frozen=True)
@@ -53,6 +82,7 @@ class CompiledRule:
 
     config: RuleConfig
     program: Any
+    clauses: tuple[Clause, ...] = ()
 
 
 def compile_rules(rules: tuple[RuleConfig, ...]) -> tuple[CompiledRule, ...]:
@@ -89,8 +119,54 @@ def compile_rules(rules: tuple[RuleConfig, ...]) -> tuple[CompiledRule, ...]:
                 f"got {type(result).__name__}",
                 path=path,
             )
-        compiled.append(CompiledRule(config=rule, program=program))
+        compiled.append(CompiledRule(config=rule, program=program, clauses=_clauses(rule.when)))
     return tuple(compiled)
+
+
+def split_conjunction(expression: str) -> list[str]:
+    """Split a CEL expression at its top-level ``&&`` operators (outside brackets and string
+    literals, cel-spec ``doc/langdef.md`` "Syntax"). ``a && (b || c)`` → ``["a", "(b || c)"]``.
+    An expression with no top-level ``&&``, or with a top-level ``||`` or ``?:`` (which bind
+    looser than ``&&``), is returned whole."""
+    parts, depth, start, i, quote = [], 0, 0, 0, ""
+    while i < len(expression):
+        char = expression[i]
+        if quote:
+            if char == "\\":
+                i += 2
+                continue
+            if expression.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+        elif char in "\"'":
+            quote = char * 3 if expression.startswith(char * 3, i) else char
+            i += len(quote)
+            continue
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and (expression.startswith("||", i) or char == "?"):
+            return [expression.strip()]
+        elif depth == 0 and expression.startswith("&&", i):
+            parts.append(expression[start:i].strip())
+            start = i + 2
+            i += 2
+            continue
+        i += 1
+    parts.append(expression[start:].strip())
+    return [part for part in parts if part]
+
+
+def _clauses(expression: str) -> tuple[Clause, ...]:
+    texts = split_conjunction(expression)
+    if len(texts) < 2:
+        return ()
+    try:
+        return tuple(Clause(text, cel.compile(text)) for text in texts)
+    except ValueError:
+        return ()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -116,18 +192,35 @@ def base_facts(
     ticket: str | None,
     now: datetime,
     timezone: str,
+    scheduled: bool = False,
 ) -> dict[str, Any]:
-    """The facts every decision has (see the module docstring). ``now`` is aware UTC."""
+    """The facts that need no source (see the module docstring), with neutral values for the
+    sourced ones (not on call, not alerting, no history) until the service fills them in.
+    ``now`` is aware UTC."""
     local = now.astimezone(zoneinfo.ZoneInfo(timezone))
     return {
-        "requester": {"id": user.id, "name": user.name, "groups": list(user.groups)},
+        "requester": {
+            "id": user.id,
+            "name": user.name,
+            "email": user.email or "",
+            "groups": list(user.groups),
+            "on_call": False,
+            "on_call_schedules": [],
+        },
         "role": {"name": role.name, "tier": role.tier},
-        "target": {"name": target.name, "labels": dict(target.labels)},
+        "target": {
+            "name": target.name,
+            "labels": dict(target.labels),
+            "alerting": False,
+            "alerts": [],
+        },
         "request": {
             "duration": int(duration.total_seconds()),
             "justification": justification,
             "ticket": ticket or "",
+            "scheduled": scheduled,
         },
+        "history": {"requests_7d": 0, "hours_elevated_7d": 0.0},
         "now": {
             "timestamp": now,
             "hour": local.hour,
@@ -165,32 +258,54 @@ class PolicyEngine:
         """The compiled rules, in evaluation order."""
         return self._rules
 
+    def _reachable(self, decision: Decision, requester_id: str) -> Decision:
+        """A review that can never reach its quorum -- the requester is one of too few
+        approvers and is excluded from their own quorum -- is a denial that says so."""
+        if decision.outcome is not Outcome.REQUIRE_APPROVAL:
+            return decision
+        possible = sum(
+            1
+            for u in self._config.users
+            if u.id != requester_id and decision.approvers.includes(u.id, u.groups)
+        )
+        if possible >= decision.approvals:
+            return decision
+        return dataclasses.replace(
+            decision,
+            outcome=Outcome.DENY,
+            reasons=(_quorum_note(decision, possible),),
+            approvals=0,
+        )
+
     def decide(self, *, eligible: bool, facts: dict[str, Any]) -> Decision:
-        """Evaluate eligibility, then each rule in order.
+        """Evaluate eligibility, then each rule in order, until one matches.
 
         Returns:
-            The decision, with the matching rule, reasons, the recorded facts and a trace of each
-            rule evaluated (``{rule, matched, error?}``). Not eligible → deny (rule
-            ``eligibility``); no rule matched → deny (rule ``default-deny``).
+            The decision, with the matching rule, reasons, the recorded facts and the
+            explanation: one trace entry per rule evaluated, in order, ``{rule, matched, why,
+            clauses?: [{expr, value}], error?}``. Not eligible → deny (rule ``eligibility``);
+            no rule matched → deny (rule ``default-deny``); a review the requester's own
+            exclusion makes impossible → deny.
         """
         recorded = _recordable(facts)
         if not eligible:
             who, role, target = facts["requester"]["id"], facts["role"]["name"], facts["target"]
+            reason = f"{who} is not eligible for role {role} on target {target['name']}"
             return Decision(
                 outcome=Outcome.DENY,
                 rule=ELIGIBILITY_RULE,
-                reasons=(f"{who} is not eligible for role {role} on target {target['name']}",),
+                reasons=(reason,),
                 facts=recorded,
+                trace=({"rule": ELIGIBILITY_RULE, "matched": True, "why": reason},),
             )
+        context = cel.Context(facts)
         trace: list[dict[str, Any]] = []
         for rule in self._rules:
-            matched, error = _evaluate(rule, facts)
-            entry: dict[str, Any] = {"rule": rule.config.name, "matched": matched}
-            if error:
-                entry["error"] = error
+            entry = explain_rule(rule, context)
             trace.append(entry)
-            if matched:
-                return _decision_for(rule.config, recorded, tuple(trace))
+            if entry["matched"]:
+                decision = _decision_for(rule.config, recorded, tuple(trace))
+                return self._reachable(decision, facts["requester"]["id"])
         return Decision(
             outcome=Outcome.DENY,
             rule=DEFAULT_DENY_RULE,
@@ -200,11 +315,54 @@ class PolicyEngine:
         )
 
 
-def _evaluate(rule: CompiledRule, facts: dict[str, Any]) -> tuple[bool, str | None]:
+def _quorum_note(decision: Decision, possible: int) -> str:
+    return (
+        f"rule {decision.rule} needs {decision.approvals} distinct approver(s) and only "
+        f"{possible} can approve this request (a requester never reviews their own request)"
+    )
+
+
+def explain_rule(rule: CompiledRule, context: Any) -> dict[str, Any]:
+    """Evaluate one rule against a ``cel.Context`` and say why it matched or not.
+
+    Returns:
+        ``{rule, matched, why, clauses?, error?}``; ``clauses`` lists each top-level conjunct
+        with its value (``true``/``false``/``error: …``/``not evaluated``).
+    """
+    matched, error = _evaluate(rule.program, context)
+    entry: dict[str, Any] = {"rule": rule.config.name, "matched": matched}
+    clauses: list[dict[str, Any]] = []
+    first_false: str | None = None
+    if rule.clauses:
+        settled = False
+        for clause in rule.clauses:
+            if settled:
+                clauses.append({"expr": clause.text, "value": "not evaluated"})
+                continue
+            value, clause_error = _evaluate(clause.program, context)
+            shown = f"error: {clause_error}" if clause_error else ("true" if value else "false")
+            clauses.append({"expr": clause.text, "value": shown})
+            if not value:
+                first_false, settled = clause.text, True
+        entry["clauses"] = clauses
+    if error:
+        entry["error"] = error
+        entry["why"] = f"not matched: {error} (an error never matches)"
+    elif matched:
+        entry["why"] = f"matched: {rule.config.when}"
+    elif first_false is not None:
+        entry["why"] = f"not matched: {first_false} is false"
+    else:
+        entry["why"] = f"not matched: {rule.config.when} is false"
+    return entry
+
+
+def _evaluate(program: Any, context: Any) -> tuple[bool, str | None]:
     try:
-        result = rule.program.execute(facts)
+        result = program.execute(context)
     except (KeyError, IndexError, TypeError, RuntimeError, ValueError) as exc:
-        return False, f"evaluation error: {_first_line(exc)}"
+        message = f"no such key {exc}" if isinstance(exc, KeyError) else _first_line(exc)
+        return False, f"evaluation error: {message}"
     if not isinstance(result, bool):
         return False, f"evaluation error: result is {type(result).__name__}, not bool"
     return result, None

@@ -40,13 +40,20 @@ config_app = typer.Typer(
     help="Check the configuration file; print its JSON Schema.", no_args_is_help=True
 )
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
-report_app = typer.Typer(help="Reports: standing access.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="Reports: standing access, habitual (always-on) elevation.", no_args_is_help=True
+)
+policy_app = typer.Typer(
+    help="Explain a decision; test the policy against cases before deploying it.",
+    no_args_is_help=True,
+)
 app.add_typer(requests_app, name="requests")
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(report_app, name="report")
+app.add_typer(policy_app, name="policy")
 
 out = Console(markup=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, highlight=False)
@@ -114,11 +121,11 @@ def _ctx(ctx: typer.Context) -> Ctx:
 # --- server side ------------------------------------------------------------------------------
 def _load_app(config: Path | None) -> Any:
     from keyturn import bootstrap
-    from keyturn.config import load_config
+    from keyturn.policy_cases import load_checked
 
     if config is None:
         raise ConfigError("no configuration: pass --config PATH or set KEYTURN_CONFIG")
-    return bootstrap.build(load_config(config))
+    return bootstrap.build(load_checked(config))
 
 
 @app.command()
@@ -128,10 +135,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port (default: server.port).")] = None,
     worker: Annotated[bool, typer.Option(help="Run the expiry worker in this process.")] = True,
 ) -> None:
-    """Run the API server (and the expiry worker)."""
-    from keyturn.entrypoints.server import Server, record_start
+    """Run the API server (and the expiry worker). ``SIGHUP`` reloads the configuration."""
+    from keyturn.entrypoints.server import Server, install_reload_signal, record_start
 
     wired = _load_app(config)
+    install_reload_signal(wired)
     record_start(wired, "api")
     _report_readiness(wired)
     cfg = wired.deps.config.server
@@ -151,18 +159,20 @@ def worker_cmd(
     config: ConfigOpt = None,
     once: Annotated[bool, typer.Option(help="One pass, then exit.")] = False,
 ) -> None:
-    """Run the expiry worker alone (several may share one PostgreSQL store)."""
+    """Run the expiry worker alone (several may share one PostgreSQL store). ``SIGHUP``
+    reloads the configuration."""
     import signal
     import threading
 
     from keyturn.entrypoints import worker
-    from keyturn.entrypoints.server import record_start
+    from keyturn.entrypoints.server import install_reload_signal, record_start
 
     wired = _load_app(config)
     if once:
         err.print(f"keyturn worker: acted on {worker.run_once(wired)} grants")
         return
     record_start(wired, "worker")
+    install_reload_signal(wired)
     _report_readiness(wired)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -199,6 +209,14 @@ def request(
     ssh_key: Annotated[
         Path | None, typer.Option("--ssh-key", help="Public key to certify (…/id_ed25519.pub).")
     ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="Activate later: an RFC 3339 time with offset (2026-11-22T08:00:00Z) or a "
+            "delay (in 2h). Eligibility and policy are checked again then.",
+        ),
+    ] = None,
 ) -> None:
     """Request a role on a target. Writes the SSH certificate next to your key when granted."""
     c = _ctx(ctx)
@@ -209,6 +227,8 @@ def request(
         "justification": justification,
         "ticket": ticket,
     }
+    if start is not None:
+        body["start"] = _start_time(start)
     if ssh_key is not None:
         body["ssh_public_key"] = ssh_key.expanduser().read_text()
     data = c.client().call("POST", "/v1/requests", json=body)
@@ -216,6 +236,28 @@ def request(
     c.emit(data, lambda con, d: render.request_detail(con, d, cert_path=written))
     if data["status"] == "denied":
         raise typer.Exit(EXIT_DENIED)
+
+
+def _start_time(text: str) -> str:
+    """``--start``: an RFC 3339 time with offset, or ``in <duration>`` from now (the client's
+    clock, the only place the CLI reads it)."""
+    from datetime import UTC, datetime
+
+    from keyturn.domain.errors import InvalidInput
+
+    value = text.strip()
+    if value.startswith("in "):
+        delay = parse_short_duration(value[3:].strip())
+        return (datetime.now(UTC) + delay).isoformat().replace("+00:00", "Z")
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(
+            f"--start {text!r}: give an RFC 3339 time such as 2026-11-22T08:00:00Z or 'in 2h'"
+        ) from exc
+    if when.tzinfo is None:
+        raise InvalidInput("--start needs a UTC offset, e.g. 2026-11-22T08:00:00Z")
+    return when.isoformat()
 
 
 @app.command()
@@ -376,6 +418,104 @@ def report_standing(
     c.emit(c.client().call("GET", "/v1/reports/standing", params=params), render.standing)
 
 
+@report_app.command("always-on")
+def report_always_on(ctx: typer.Context) -> None:
+    """Admin: requesters whose grants of a role cover most working hours ("always on"):
+    candidates for a proper role. The definition is under ``reports.always_on``."""
+    c = _ctx(ctx)
+    c.emit(c.client().call("GET", "/v1/reports/always-on"), render.always_on_table)
+
+
+@app.command("alerts")
+def alerts_cmd(
+    ctx: typer.Context,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Only this target.")] = None,
+    resolved: Annotated[bool, typer.Option(help="Include resolved alerts.")] = False,
+) -> None:
+    """Alerts Keyturn received from monitoring, with the targets they map to."""
+    c = _ctx(ctx)
+    params: dict[str, Any] = {"all": resolved}
+    if target:
+        params["target"] = target
+    c.emit(c.client().call("GET", "/v1/alerts", params=params), render.alerts_table)
+
+
+@policy_app.command("explain")
+def policy_explain(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Option("--role", "-r", help="Role, e.g. db-admin.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target, e.g. db-1.")],
+    requester: Annotated[
+        str | None, typer.Option(help="Whose request (default: you; others need admin).")
+    ] = None,
+    duration: Annotated[str, typer.Option("--for", help="How long: 30m, 1h, PT1H.")] = "1h",
+    justification: Annotated[str, typer.Option("--justification", "-j")] = "",
+) -> None:
+    """What the policy would decide now and why: the facts gathered, each rule in order with
+    matched or not and the clause that decided it, the outcome. Creates nothing."""
+    c = _ctx(ctx)
+    body: dict[str, Any] = {
+        "role": role,
+        "target": target,
+        "duration": to_iso_duration(parse_short_duration(duration)),
+        "justification": justification,
+    }
+    if requester:
+        body["requester"] = requester
+    data = c.client().call("POST", "/v1/policy/explain", json=body)
+    c.emit(data, lambda con, d: render.explanation(con, d, facts=True))
+
+
+@policy_app.command("test")
+def policy_test(
+    ctx: typer.Context,
+    cases: Annotated[Path, typer.Argument(help="Cases file (YAML), see docs/policy.md.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Run policy test cases against a configuration, without a server (for CI). Exits 1 if
+    any case's decision differs from its expectation, 10 if the files are invalid."""
+    from keyturn.config import load_config
+    from keyturn.domain.policy import PolicyEngine
+    from keyturn.policy_cases import load_cases, run_cases
+
+    if config is None:
+        raise ConfigError("no configuration: pass --config PATH or set KEYTURN_CONFIG")
+    loaded = load_config(config)
+    results = run_cases(
+        loaded, PolicyEngine(loaded.config), load_cases(cases), base_dir=cases.parent
+    )
+    failed = [r for r in results if not r.passed]
+    data = {
+        "passed": len(results) - len(failed),
+        "failed": len(failed),
+        "cases": [
+            {
+                "name": r.name,
+                "passed": r.passed,
+                "outcome": str(r.decision.outcome),
+                "rule": r.decision.rule,
+                "mismatches": list(r.mismatches),
+            }
+            for r in results
+        ],
+    }
+    c = _ctx(ctx)
+    c.emit(data, render.policy_test_report)
+    if failed:
+        raise typer.Exit(1)
+
+
+@config_app.command("reload")
+def config_reload(ctx: typer.Context) -> None:
+    """Admin: make the server re-read its configuration file (like ``kill -HUP``). A file that
+    fails validation or its embedded policy tests is refused; the old one stays."""
+    c = _ctx(ctx)
+    data = c.client().call("POST", "/v1/admin/reload")
+    c.emit(data, render.reload_result)
+    if not data.get("applied"):
+        raise typer.Exit(1)
+
+
 @app.command()
 def whoami(ctx: typer.Context) -> None:
     """Who the server thinks you are."""
@@ -426,12 +566,11 @@ def audit_list(
 # --- configuration and tokens -----------------------------------------------------------------
 @config_app.command("check")
 def config_check(path: Annotated[Path, typer.Argument(help="Configuration file.")]) -> None:
-    """Validate a configuration file, including every policy rule's CEL. Exit 10 if invalid."""
-    from keyturn.config import load_config
-    from keyturn.domain.policy import PolicyEngine
+    """Validate a configuration file: schema, references, every policy rule's CEL and the
+    embedded policy tests (``policy.tests``). Exit 10 if invalid."""
+    from keyturn.policy_cases import load_checked
 
-    loaded = load_config(path)
-    PolicyEngine(loaded.config)
+    loaded = load_checked(path)
     cfg = loaded.config
     out.print(
         f"{path}: ok ({len(cfg.users)} users, {len(cfg.targets)} targets, {len(cfg.roles)} roles, "

@@ -41,12 +41,9 @@ def request_detail(con: Console, r: dict[str, Any], *, cert_path: Path | None) -
     con.print(
         f"why        {r['justification']}" + (f"  [ticket {r['ticket']}]" if r["ticket"] else "")
     )
-    con.print(f"decision   {d['outcome']} by rule {d['rule']}: {'; '.join(d['reasons'])}")
-    for step in d.get("trace", []):
-        mark = "matched" if step["matched"] else "no match"
-        con.print(
-            f"  - {step['rule']}: {mark}" + (f" ({step['error']})" if step.get("error") else "")
-        )
+    if r.get("start_at"):
+        con.print(f"starts     {r['start_at']} (scheduled; checked again at the start)")
+    explanation(con, d, facts=False)
     if d["outcome"] == "require_approval":
         who = ", ".join(d["approvers"]["users"] + [f"group:{g}" for g in d["approvers"]["groups"]])
         con.print(
@@ -62,6 +59,90 @@ def request_detail(con: Console, r: dict[str, Any], *, cert_path: Path | None) -
         grant_detail(con, r["grant"])
     if cert_path is not None:
         con.print(f"certificate written to {cert_path}")
+
+
+def explanation(con: Console, d: dict[str, Any], *, facts: bool) -> None:
+    """A decision: (facts,) each rule evaluated in order with matched or not and why, the
+    outcome. Used by ``requests show`` and ``policy explain``."""
+    if facts:
+        f = d["facts"]
+        req, tgt = f["requester"], f["target"]
+        con.print("facts")
+        con.print(f"  requester  {req['id']} groups {', '.join(req['groups']) or '-'}")
+        schedules = ", ".join(req.get("on_call_schedules", [])) or "-"
+        con.print(f"  on call    {req.get('on_call', False)} (schedules: {schedules})")
+        names = ", ".join(
+            f"{a['name']}[{a['severity'] or '-'}] since {a['since']}" for a in tgt.get("alerts", [])
+        )
+        con.print(f"  target     {tgt['name']} alerting {tgt.get('alerting', False)} {names}")
+        con.print(f"  role       {f['role']['name']} (tier {f['role']['tier']})")
+        hist = f.get("history", {})
+        con.print(
+            f"  history    {hist.get('requests_7d', 0)} request(s), "
+            f"{hist.get('hours_elevated_7d', 0)} h elevated in 7 days"
+        )
+        con.print(f"  now        {f['now']['timestamp']} (hour {f['now']['hour']})")
+    con.print("rules")
+    for step in d.get("trace", []):
+        mark = "MATCHED " if step["matched"] else "no match"
+        con.print(f"  {mark} {step['rule']}: {step.get('why', step.get('error', ''))}")
+        for clause in step.get("clauses", []):
+            con.print(f"             {clause['value']:<13} {clause['expr']}")
+    con.print(f"decision   {d['outcome']} by rule {d['rule']}: {'; '.join(d['reasons'])}")
+
+
+def always_on_table(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn report always-on``."""
+    rule = data["definition"]
+    con.print(
+        f"working hours {rule['start']}-{rule['end']} on days {rule['workdays']} "
+        f"({rule['timezone']}), window {rule['window']}, listed at >= {rule['threshold']:.0%}"
+    )
+    table = Table("user", "role", "coverage", "elevated h", "working h", "days", "grants")
+    for row in data["items"]:
+        table.add_row(
+            row["user"],
+            row["role"],
+            f"{row['coverage']:.0%}",
+            f"{row['elevated_working_hours']:.1f}",
+            f"{row['working_hours']:.1f}",
+            str(row["days_elevated"]),
+            str(row["grants"]),
+        )
+    con.print(table)
+
+
+def alerts_table(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn alerts``."""
+    table = Table("status", "name", "severity", "targets", "since", "source")
+    for a in data["items"]:
+        table.add_row(
+            a["status"],
+            a["name"],
+            a["severity"] or "",
+            ", ".join(a["targets"]) or "(no target)",
+            a["starts_at"],
+            a["source"],
+        )
+    con.print(table)
+
+
+def policy_test_report(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn policy test``: one line per case, then the totals."""
+    for case in data["cases"]:
+        mark = "PASS" if case["passed"] else "FAIL"
+        con.print(f"{mark}  {case['name']}  ({case['outcome']} by {case['rule']})")
+        for mismatch in case["mismatches"]:
+            con.print(f"      {mismatch}")
+    con.print(f"{data['passed']} passed, {data['failed']} failed")
+
+
+def reload_result(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn config reload``."""
+    if data.get("applied"):
+        con.print(f"reloaded: {data['old_sha256'][:12]} -> {data['new_sha256'][:12]}")
+    else:
+        con.print(f"refused: {data.get('reason')} (the old configuration stays)")
 
 
 def grant_detail(con: Console, g: dict[str, Any]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
+import structlog
 import uvicorn
 
 from keyturn import __version__
@@ -11,6 +13,8 @@ from keyturn.bootstrap import App
 from keyturn.entrypoints import worker
 from keyturn.entrypoints.api.app import create_app
 from keyturn.service import audit_log
+
+log = structlog.get_logger("keyturn.server")
 
 
 def record_start(app: App, component: str) -> None:
@@ -27,6 +31,22 @@ def record_start(app: App, component: str) -> None:
         "config.loaded",
         {"sha256": app.loaded.sha256, "source": app.loaded.source},
     )
+
+
+def install_reload_signal(app: App) -> None:
+    """``SIGHUP`` reloads the configuration (in a thread: a signal handler must not block)."""
+
+    def reload(*_: object) -> None:
+        def run() -> None:
+            result = app.reload_file("system:sighup")
+            if result.get("applied"):
+                log.info("configuration reloaded", sha256=result.get("new_sha256"))
+            else:
+                log.error("configuration reload refused", reason=result.get("reason"))
+
+        threading.Thread(target=run, name="keyturn-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 class Server:

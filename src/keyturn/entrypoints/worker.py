@@ -22,14 +22,24 @@ MIN_SLEEP = timedelta(milliseconds=20)
 
 
 def run_once(app: App, *, reconcile_standing: bool = False) -> int:
-    """One pass: expire pending requests and due grants, finish interrupted or failed
-    revocations, optionally reconcile managed privileges, refresh the KRL.
+    """One pass: expire pending requests, start scheduled ones, warn holders of grants about to
+    end, end due grants, finish interrupted or failed revocations, optionally reconcile managed
+    privileges, refresh the KRL.
 
     Returns:
-        How many grants were acted on.
+        How many grants were acted on (started, ended or finished).
     """
     for request in access.expire_pending(app.deps):
         log.info("request expired unanswered", request_id=request.id, user=request.requester_id)
+    started = access.start_scheduled(app.deps)
+    for view in started:
+        log.info(
+            "scheduled request started",
+            request_id=view.request.id,
+            status=str(view.request.status),
+            grant_id=view.grant.id if view.grant else None,
+        )
+    grants.warn_expiring(app.deps)
     expired = grants.expire_due(app.deps)
     fixed = grants.resume_unfinished(app.deps)
     if reconcile_standing:
@@ -45,7 +55,7 @@ def run_once(app: App, *, reconcile_standing: bool = False) -> int:
         for error in report.errors:
             log.error("reconciliation could not read a provider", error=error)
     app.ssh.ensure_krl(app.deps.clock.now())
-    return len(expired) + len(fixed)
+    return len(started) + len(expired) + len(fixed)
 
 
 def seconds_until_next(app: App) -> float:

@@ -8,10 +8,10 @@ request, and N approvals means N distinct people (guarantee 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from keyturn.config import RoleConfig, TargetConfig, UserConfig
-from keyturn.domain.audit import AuditDraft
+from keyturn.domain.audit import AuditDraft, format_time
 from keyturn.domain.durations import humanize
 from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from keyturn.domain.model import (
@@ -26,11 +26,13 @@ from keyturn.domain.model import (
     decision_to_data,
     quorum_reached,
 )
-from keyturn.domain.policy import base_facts, is_eligible
+from keyturn.domain.policy import is_eligible
 from keyturn.domain.ssh_keys import parse_user_public_key
 from keyturn.domain.text import clean_text
 from keyturn.service import grants as grant_service
+from keyturn.service import notifications
 from keyturn.service.deps import Deps
+from keyturn.service.facts import decide
 
 TICKET_MAX = 200
 COMMENT_MAX = 1000
@@ -46,6 +48,7 @@ class RequestInput:
     justification: str
     ticket: str | None = None
     ssh_public_key: str | None = None
+    start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,14 @@ def _resolve(deps: Deps, data: RequestInput) -> tuple[RoleConfig, TargetConfig]:
 def request_access(deps: Deps, requester: UserConfig, data: RequestInput) -> RequestView:
     """Create an access request, decide it at once, and grant it if auto-approved.
 
+    With ``data.start`` the request is *scheduled*: decided now (and reviewed now if the policy
+    asks), activated at ``start`` after eligibility and policy are evaluated again; the duration
+    counts from activation.
+
     Raises:
         InvalidInput: unknown role/target, duration out of range, blank or over-long
-            justification, bad ticket, missing or unacceptable SSH key. Nothing is written.
+            justification, bad ticket, missing or unacceptable SSH key, a start that is not in
+            the future or beyond ``server.schedule_horizon``. Nothing is written.
     """
     role, target = _resolve(deps, data)
     justification = clean_text(
@@ -94,21 +102,20 @@ def request_access(deps: Deps, requester: UserConfig, data: RequestInput) -> Req
     ticket = clean_text(data.ticket, field="ticket", max_length=TICKET_MAX, required=False)
     ssh_key = _ssh_key(role, data.ssh_public_key)
     now = deps.clock.now()
-    facts = base_facts(
-        user=requester,
-        role=role,
-        target=target,
+    start = _start(deps, data.start, now)
+    decision = decide(
+        deps,
+        requester,
+        role,
+        target,
         duration=data.duration,
         justification=justification or "",
         ticket=ticket,
         now=now,
-        timezone=deps.config.policy.timezone,
-    )
-    decision = deps.policy.decide(
-        eligible=is_eligible(deps.config, requester, role.name, target), facts=facts
+        scheduled=start is not None,
     )
     status = {
-        Outcome.AUTO_APPROVE: RequestStatus.APPROVED,
+        Outcome.AUTO_APPROVE: RequestStatus.SCHEDULED if start else RequestStatus.APPROVED,
         Outcome.REQUIRE_APPROVAL: RequestStatus.PENDING,
         Outcome.DENY: RequestStatus.DENIED,
     }[decision.outcome]
@@ -125,6 +132,7 @@ def request_access(deps: Deps, requester: UserConfig, data: RequestInput) -> Req
         decision=decision,
         created_at=now,
         updated_at=now,
+        start_at=start,
     )
     with deps.store.transaction() as tx:
         tx.add_request(request)
@@ -138,9 +146,32 @@ def request_access(deps: Deps, requester: UserConfig, data: RequestInput) -> Req
             if status is RequestStatus.APPROVED
             else None
         )
+    if status is RequestStatus.PENDING:
+        notifications.review_needed(deps, request)
+    else:
+        notifications.request_decided(deps, request)
     if grant is not None:
         grant = grant_service.activate(deps, grant, request)
     return RequestView(request, [], grant)
+
+
+def _start(deps: Deps, start: datetime | None, now: datetime) -> datetime | None:
+    if start is None:
+        return None
+    if start.tzinfo is None:
+        raise InvalidInput("start needs a time zone (e.g. 2026-11-21T08:00:00Z)", field="start")
+    start = start.astimezone(UTC)
+    if start <= now:
+        raise InvalidInput(
+            "start is not in the future; leave it out to ask for access now", field="start"
+        )
+    horizon = deps.config.server.schedule_horizon
+    if start > now + horizon:
+        raise InvalidInput(
+            f"start is more than {humanize(horizon)} ahead (server.schedule_horizon)",
+            field="start",
+        )
+    return start
 
 
 def _ssh_key(role: RoleConfig, key: str | None) -> str | None:
@@ -156,13 +187,16 @@ def _ssh_key(role: RoleConfig, key: str | None) -> str | None:
 
 
 def _created(request: AccessRequest) -> dict[str, object]:
-    return {
+    data: dict[str, object] = {
         "role": request.role,
         "target": request.target,
         "duration_s": int(request.duration.total_seconds()),
         "justification": request.justification,
         "ticket": request.ticket,
     }
+    if request.start_at is not None:
+        data["start_at"] = format_time(request.start_at)
+    return data
 
 
 def _decided(decision: Decision) -> dict[str, object]:
@@ -213,9 +247,9 @@ def review(
             request = request.transition(RequestStatus.DENIED, now)
         elif quorum_reached(request.decision.approvals, reviews):
             refusal = recheck(deps, request)
-            request = request.transition(
-                RequestStatus.DENIED if refusal else RequestStatus.APPROVED, now
-            )
+            later = request.start_at is not None and request.start_at > now
+            approved = RequestStatus.SCHEDULED if later else RequestStatus.APPROVED
+            request = request.transition(RequestStatus.DENIED if refusal else approved, now)
         if request.status is not RequestStatus.PENDING:
             tx.save_request(request)
             details = {"recheck": refusal} if verdict is Verdict.APPROVE and refusal else {}
@@ -223,6 +257,8 @@ def review(
             tx.append_audit(AuditDraft(now, actor, f"request.{request.status}", sub, details))
         if request.status is RequestStatus.APPROVED:
             grant = grant_service.new_grant(deps, tx, request, now)
+    if request.status is not RequestStatus.PENDING:
+        notifications.request_decided(deps, request, by=reviewer.id, comment=note)
     if grant is not None:
         grant = grant_service.activate(deps, grant, request)
     return RequestView(request, reviews, grant)
@@ -252,23 +288,124 @@ def recheck(deps: Deps, request: AccessRequest) -> str | None:
 
 
 def expire_pending(deps: Deps, *, limit: int = 500) -> list[AccessRequest]:
-    """Pending requests older than ``server.pending_ttl`` become ``expired`` (never approved late).
+    """Pending requests unanswered for ``server.pending_ttl`` become ``expired`` (never approved
+    late) and their requesters are told. A scheduled request stays open for review until its
+    start if that is later.
 
     Returns:
         The requests expired in this pass.
     """
     now = deps.clock.now()
-    cutoff = now - deps.config.server.pending_ttl
+    ttl = deps.config.server.pending_ttl
     expired = []
     with deps.store.transaction() as tx:
         for request in tx.list_requests(status=RequestStatus.PENDING, limit=limit):
-            if request.created_at <= cutoff:
+            deadline = request.created_at + ttl
+            if request.start_at is not None:
+                deadline = max(deadline, request.start_at)
+            if deadline <= now:
                 done = request.transition(RequestStatus.EXPIRED, now)
                 tx.save_request(done)
                 sub = {"request_id": done.id, "user_id": done.requester_id}
                 tx.append_audit(AuditDraft(now, "system:worker", "request.expired", sub, {}))
                 expired.append(done)
+    for request in expired:
+        notifications.request_expired(deps, request)
     return expired
+
+
+def start_scheduled(deps: Deps, *, limit: int = 100) -> list[RequestView]:
+    """Activate scheduled requests whose start has come (the worker calls this every pass).
+
+    At the start the request is checked again against the configuration in force (requester,
+    role and target still exist, eligibility, maximum duration) and the policy decides again on
+    fresh facts: a denial ends it (``denied``, with the reason); a decision that now requires
+    review ends it too unless reviewers already approved it. Otherwise the grant's window starts
+    now and lasts the requested duration.
+
+    Returns:
+        The requests handled, with their grant when one was made.
+    """
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        due = [r.id for r in tx.due_scheduled(now, limit)]
+    views = []
+    for request_id in due:
+        view = _start_one(deps, request_id)
+        if view is not None:
+            views.append(view)
+    return views
+
+
+def _start_one(deps: Deps, request_id: str) -> RequestView | None:
+    with deps.store.transaction() as tx:
+        request = tx.get_request(request_id)
+        reviewed = tx.reviews(request_id)
+    if request.status is not RequestStatus.SCHEDULED:
+        return None
+    now = deps.clock.now()
+    refusal = recheck(deps, request)
+    decision: Decision | None = None
+    if refusal is None:
+        user, role, target = _parties(deps, request)
+        decision = decide(
+            deps,
+            user,
+            role,
+            target,
+            duration=request.duration,
+            justification=request.justification,
+            ticket=request.ticket,
+            now=now,
+            scheduled=True,
+        )
+        refusal = _refusal_at_start(request, decision, reviewed)
+    grant = None
+    with deps.store.transaction() as tx:
+        request = tx.get_request(request_id, lock=True)
+        if request.status is not RequestStatus.SCHEDULED:
+            return None
+        sub = {"request_id": request.id, "user_id": request.requester_id}
+        details: dict[str, object] = {"decision": _decided(decision)} if decision else {}
+        if refusal:
+            request = request.transition(RequestStatus.DENIED, now)
+            details["refusal"] = refusal
+            tx.save_request(request)
+            tx.append_audit(AuditDraft(now, "system:policy", "request.denied", sub, details))
+        else:
+            request = request.transition(RequestStatus.APPROVED, now)
+            tx.save_request(request)
+            tx.append_audit(AuditDraft(now, "system:worker", "request.started", sub, details))
+            grant = grant_service.new_grant(deps, tx, request, now)
+    if grant is None:
+        notifications.request_decided(deps, request)
+        return RequestView(request, reviewed, None)
+    return RequestView(request, reviewed, grant_service.activate(deps, grant, request))
+
+
+def _parties(deps: Deps, request: AccessRequest) -> tuple[UserConfig, RoleConfig, TargetConfig]:
+    user = deps.config.user(request.requester_id)
+    role = deps.config.role(request.role)
+    target = deps.config.target(request.target)
+    if user is None or role is None or target is None:  # recheck() refused these already
+        raise NotFound("the requester, role or target no longer exists")
+    return user, role, target
+
+
+def _refusal_at_start(
+    request: AccessRequest, decision: Decision, reviews: list[Review]
+) -> str | None:
+    if decision.outcome is Outcome.DENY:
+        return f"at the scheduled start the policy denied it: {'; '.join(decision.reasons)}"
+    if decision.outcome is Outcome.REQUIRE_APPROVAL and not (
+        request.decision.outcome is Outcome.REQUIRE_APPROVAL
+        and quorum_reached(request.decision.approvals, reviews)
+    ):
+        return (
+            f"at the scheduled start rule {decision.rule} requires review, and nobody reviewed "
+            "this request; ask again"
+        )
+    return None
 
 
 def cancel(deps: Deps, actor: UserConfig, request_id: str, comment: str | None) -> RequestView:
@@ -289,6 +426,50 @@ def cancel(deps: Deps, actor: UserConfig, request_id: str, comment: str | None) 
         tx.append_audit(AuditDraft(now, actor.id, "request.cancelled", sub, {"comment": note}))
         reviews = tx.reviews(request_id)
     return RequestView(request, reviews, None)
+
+
+def explain(
+    deps: Deps,
+    viewer: UserConfig,
+    *,
+    requester_id: str,
+    role: str,
+    target: str,
+    duration: timedelta,
+    justification: str = "",
+) -> Decision:
+    """What the policy would decide for this request now, and why -- without creating anything.
+
+    Anyone may ask for themselves; asking for someone else needs an admin.
+
+    Raises:
+        Forbidden: another requester and the viewer is not an admin. InvalidInput: unknown
+            requester, role or target, or a duration out of range.
+    """
+    if requester_id != viewer.id and not deps.is_admin(viewer):
+        raise Forbidden("only admins can explain decisions for other requesters")
+    requester = deps.config.user(requester_id)
+    if requester is None:
+        raise InvalidInput(f"unknown requester {requester_id!r}", field="requester")
+    data = RequestInput(role=role, target=target, duration=duration, justification=justification)
+    found_role, found_target = _resolve(deps, data)
+    text = clean_text(
+        justification,
+        field="justification",
+        max_length=deps.config.server.justification_max_length,
+        required=False,
+    )
+    return decide(
+        deps,
+        requester,
+        found_role,
+        found_target,
+        duration=duration,
+        justification=text or "",
+        ticket=None,
+        now=deps.clock.now(),
+        record=False,
+    )
 
 
 def can_see(deps: Deps, viewer: UserConfig, request: AccessRequest) -> bool:

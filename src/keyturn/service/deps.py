@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from keyturn.config import KeyturnConfig, UserConfig
 from keyturn.domain.errors import ProviderError
 from keyturn.domain.policy import PolicyEngine
-from keyturn.ports import Clock, ManagedPrivileges, Notifier, Provider, Store
+from keyturn.ports import Clock, ManagedPrivileges, Notifier, OnCall, Provider, Store
 from keyturn.service.metrics import Metrics
 
 
@@ -64,6 +64,7 @@ class Deps:
     ``new_id`` and ``new_serial`` are injectable so tests can make runs reproducible.
     ``notifier`` receives alerts (a failing revocation); ``metrics`` counts what happens;
     ``executor`` (when set) runs the worker's provider calls for many grants concurrently.
+    ``oncall`` answers who is on call (None: no schedules, nobody is on call).
     """
 
     config: KeyturnConfig
@@ -77,6 +78,7 @@ class Deps:
     metrics: Metrics = field(default_factory=Metrics)
     executor: Executor | None = None
     in_flight: InFlight = field(default_factory=InFlight)
+    oncall: OnCall | None = None
 
     def __post_init__(self) -> None:
         self.metrics.count_grants_in(self.store)

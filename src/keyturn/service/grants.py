@@ -28,9 +28,10 @@ from keyturn.domain.audit import AuditDraft, format_time
 from keyturn.domain.durations import humanize
 from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, ProviderError
 from keyturn.domain.model import AccessRequest, EndReason, Grant, GrantStatus, Outcome
-from keyturn.domain.policy import base_facts, is_eligible
 from keyturn.ports import Granted, Provider, StoreTx
+from keyturn.service import notifications
 from keyturn.service.deps import Deps
+from keyturn.service.facts import decide
 
 SYSTEM_WORKER = "system:worker"
 CLAIM_PER_THREAD = 16
@@ -156,6 +157,7 @@ def activate(deps: Deps, grant: Grant, request: AccessRequest, *, resumed: bool 
         }
         tx.append_audit(AuditDraft(now, SYSTEM_WORKER, "grant.issued", subject(active), details))
     deps.metrics.grants_issued.labels(grant.provider).inc()
+    notifications.grant_activated(deps, active)
     return active
 
 
@@ -243,7 +245,11 @@ def extend(deps: Deps, actor: UserConfig, grant_id: str, extra: timedelta) -> Gr
         if current.status is not GrantStatus.ACTIVE or current.not_after != grant.not_after:
             raise Conflict(f"grant {grant_id} changed meanwhile; try again", grant_id=grant_id)
         extended = dataclasses.replace(
-            current, not_after=longer.not_after, credentials=credentials, updated_at=now
+            current,
+            not_after=longer.not_after,
+            credentials=credentials,
+            updated_at=now,
+            warned_at=None,
         )
         tx.save_grant(extended)
         tx.append_audit(
@@ -284,18 +290,15 @@ def _check_extension(
             f"{humanize(role.max_duration)} (at most {humanize(room)} more)",
             field="duration",
         )
-    facts = base_facts(
-        user=actor,
-        role=role,
-        target=target,
+    decision = decide(
+        deps,
+        actor,
+        role,
+        target,
         duration=total,
         justification=request.justification,
         ticket=request.ticket,
         now=now,
-        timezone=deps.config.policy.timezone,
-    )
-    decision = deps.policy.decide(
-        eligible=is_eligible(deps.config, actor, role.name, target), facts=facts
     )
     if decision.outcome is not Outcome.AUTO_APPROVE:
         why = "; ".join(decision.reasons) or decision.rule
@@ -432,7 +435,24 @@ def _commit_revoked(deps: Deps, grant: Grant, details: dict[str, object]) -> Gra
         tx.append_audit(
             AuditDraft(now, done.ended_by or SYSTEM_WORKER, action, subject(done), details)
         )
+    notifications.grant_ended(deps, done)
     return done
+
+
+def warn_expiring(deps: Deps, *, limit: int = 500) -> list[Grant]:
+    """Tell holders whose grant ends within ``notifier.expiry_warning`` (once per grant).
+
+    Returns:
+        The grants whose holders were told in this pass.
+    """
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        due = tx.claim_expiring(now + deps.config.notifier.expiry_warning, limit)
+        for grant in due:
+            tx.save_grant(dataclasses.replace(grant, warned_at=now))
+    for grant in due:
+        notifications.grant_expiring(deps, grant)
+    return due
 
 
 def _revoke_failed(deps: Deps, grant: Grant, exc: ProviderError, now: datetime) -> Grant:

@@ -95,6 +95,37 @@ class Metrics:
             registry=r,
         )
 
+        self.decisions = Counter(
+            "keyturn_policy_decisions",
+            "Policy decisions by outcome and deciding rule.",
+            ["outcome", "rule"],
+            registry=r,
+        )
+        self.rule_errors = Counter(
+            "keyturn_policy_rule_errors",
+            "Policy rules that failed at evaluation time (counted as not matched).",
+            ["rule"],
+            registry=r,
+        )
+        self.alerts_received = Counter(
+            "keyturn_alerts_received",
+            "Alerts received by the webhooks, by source and status.",
+            ["source", "status"],
+            registry=r,
+        )
+        self.webhook_refused = Counter(
+            "keyturn_alert_webhooks_refused",
+            "Alert webhook calls refused, by reason (unauthenticated, invalid, too_large).",
+            ["reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "keyturn_config_reloads",
+            "Configuration reloads by result (applied, refused).",
+            ["result"],
+            registry=r,
+        )
+
     def count_grants_in(self, store: Store) -> None:
         """Report ``keyturn_grants{state}`` from ``store`` at each scrape (once per registry)."""
         if self._store is None:

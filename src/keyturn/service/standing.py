@@ -29,6 +29,7 @@ from typing import Literal
 from keyturn.config import UserConfig
 from keyturn.domain.audit import AuditDraft, format_time
 from keyturn.domain.errors import Forbidden, ProviderError
+from keyturn.domain.history import AlwaysOnRow, always_on
 from keyturn.domain.model import GrantStatus, StandingSnapshot
 from keyturn.ports import Holdings, ManagedPrivileges
 from keyturn.service.deps import Deps
@@ -245,6 +246,23 @@ def standing_report(
     return StandingReport(
         latest=sorted(latest.values(), key=lambda s: s.privilege), history=history
     )
+
+
+def always_on_report(deps: Deps, viewer: UserConfig) -> list[AlwaysOnRow]:
+    """Habitual elevation ("always on", admins only): requesters whose grants of a role cover at
+    least ``reports.always_on.threshold`` of the working hours in the window -- candidates for
+    a proper role instead of daily requests (:func:`keyturn.domain.history.always_on`).
+
+    Raises:
+        Forbidden: the viewer is not an admin.
+    """
+    if not deps.is_admin(viewer):
+        raise Forbidden("only an admin may read the always-on report")
+    settings = deps.config.reports.always_on
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        grants = tx.grants_since(now - settings.window)
+    return always_on(grants, settings, now=now)
 
 
 def report_data(report: ReconcileReport) -> dict[str, object]:

@@ -30,7 +30,7 @@ class LogNotifier:
 
     def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
         """Log the alert."""
-        log.error(summary, alert=event, **details)
+        log.error(summary, alert=event, details=details)
 
     def notify(self, notification: Notification) -> None:
         """Log that a notification was sent, to whom (user ids) and about what (ids only)."""

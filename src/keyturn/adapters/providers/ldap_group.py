@@ -139,7 +139,14 @@ class LdapGroupProvider:
         self._local = threading.local()
         self._timeout = config.timeout.total_seconds()
 
+    def update_directory(
+        self, *, roles: Mapping[str, RoleConfig], users: Mapping[str, UserConfig]
+    ) -> None:
+        """Use the roles and users of a reloaded configuration (groups and the bind stay)."""
+        self._roles, self._users = dict(roles), dict(users)
+
     # connection ------------------------------------------------------------------------------
+
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is not None:

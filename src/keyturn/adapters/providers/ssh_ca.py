@@ -16,7 +16,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_identity,
 )
 
-from keyturn.config import RoleConfig, SshRoleConfig
+from keyturn.config import RoleConfig, SshRoleConfig, UserConfig
 from keyturn.domain.errors import ConfigError, ProviderError
 from keyturn.domain.model import AccessRequest, Grant
 from keyturn.domain.ssh_keys import UserPublicKey, parse_user_public_key
@@ -206,6 +206,13 @@ class SshCertificateProvider:
         self._revoked_serials = revoked_serials
         self._krl_lock = threading.Lock()
         self._krl_serials: list[int] | None = None
+
+    def update_directory(
+        self, *, roles: Mapping[str, RoleConfig], users: Mapping[str, UserConfig]
+    ) -> None:
+        """Use the roles of a reloaded configuration (principals, options); users are not
+        needed (the requester's id is in the grant)."""
+        self._roles = dict(roles)
 
     @property
     def ca_public_line(self) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from keyturn.adapters.store import tables as t
+from keyturn.domain.alerts import AlertState
 from keyturn.domain.audit import AuditDraft, AuditEvent, chain, format_time
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.domain.model import (
@@ -36,6 +37,7 @@ from keyturn.domain.model import (
     decision_from_data,
     decision_to_data,
 )
+from keyturn.ports import StoredAlert
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -102,6 +104,7 @@ def _request_row(r: AccessRequest) -> dict[str, Any]:
         "decision": decision_to_data(r.decision),
         "created_at": r.created_at,
         "updated_at": r.updated_at,
+        "start_at": r.start_at,
     }
 
 
@@ -120,6 +123,7 @@ def _request(row: sa.Row[Any]) -> AccessRequest:
         decision=decision_from_data(m["decision"]),
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        start_at=m["start_at"],
     )
 
 
@@ -150,6 +154,7 @@ def _grant_row(g: Grant) -> dict[str, Any]:
         "updated_at": g.updated_at,
         "privilege": g.privilege,
         "retry_at": g.retry_at,
+        "warned_at": g.warned_at,
     }
 
 
@@ -158,6 +163,21 @@ def _grant(row: sa.Row[Any]) -> Grant:
     m["status"] = GrantStatus(m["status"])
     m["end_reason"] = EndReason(m["end_reason"]) if m["end_reason"] else None
     return Grant(**m)
+
+
+def _alert(row: sa.Row[Any]) -> AlertState:
+    m = row._mapping
+    return AlertState(
+        fingerprint=m["fingerprint"],
+        source=m["source"],
+        name=m["name"],
+        severity=m["severity"],
+        status=m["status"],
+        labels=dict(m["labels"]),
+        starts_at=m["starts_at"],
+        ends_at=m["ends_at"],
+        summary=m["summary"],
+    )
 
 
 def _event(row: sa.Row[Any]) -> AuditEvent:
@@ -362,16 +382,130 @@ class SqlTx:
         return [_grant(r) for r in self._c.execute(q)]
 
     def next_due_at(self) -> datetime | None:
-        """Earliest ``not_after`` of an active grant or ``retry_at`` of a revoke_failed one."""
+        """Earliest ``not_after`` of an active grant, ``retry_at`` of a revoke_failed one, or
+        ``start_at`` of a scheduled request."""
         g = t.grants.c
+        r = t.access_requests.c
         due: datetime | None = self._c.execute(
             sa.select(sa.func.min(g.not_after)).where(g.status == str(GrantStatus.ACTIVE))
         ).scalar()
         retry: datetime | None = self._c.execute(
             sa.select(sa.func.min(g.retry_at)).where(g.status == str(GrantStatus.REVOKE_FAILED))
         ).scalar()
-        found = [_aware(v) for v in (due, retry) if v is not None]
+        start: datetime | None = self._c.execute(
+            sa.select(sa.func.min(r.start_at)).where(r.status == str(RequestStatus.SCHEDULED))
+        ).scalar()
+        found = [_aware(v) for v in (due, retry, start) if v is not None]
         return min(found) if found else None
+
+    def due_scheduled(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Scheduled requests whose start has come, earliest first, locked (SKIP LOCKED)."""
+        r = t.access_requests.c
+        q = (
+            sa.select(t.access_requests)
+            .where(r.status == str(RequestStatus.SCHEDULED), r.start_at <= now)
+            .order_by(r.start_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_request(row) for row in self._c.execute(q)]
+
+    def count_requests(self, requester_id: str, role: str, since: datetime) -> int:
+        """Access requests by this requester for this role created at or after ``since``."""
+        r = t.access_requests.c
+        q = sa.select(sa.func.count()).where(
+            r.requester_id == requester_id, r.role == role, r.created_at >= since
+        )
+        return int(self._c.execute(q).scalar() or 0)
+
+    def grants_since(
+        self, since: datetime, *, user_id: str | None = None, role: str | None = None
+    ) -> list[Grant]:
+        """Grants whose window ends after ``since`` (any state), oldest first."""
+        g = t.grants.c
+        q = sa.select(t.grants).where(g.not_after > since)
+        if user_id is not None:
+            q = q.where(g.user_id == user_id)
+        if role is not None:
+            q = q.where(g.role == role)
+        return [_grant(row) for row in self._c.execute(q.order_by(g.not_before, g.id))]
+
+    def claim_expiring(self, before: datetime, limit: int) -> list[Grant]:
+        """Active grants ending at or before ``before`` whose holder was not warned yet, locked
+        (SKIP LOCKED)."""
+        g = t.grants.c
+        q = (
+            sa.select(t.grants)
+            .where(
+                g.status == str(GrantStatus.ACTIVE), g.warned_at.is_(None), g.not_after <= before
+            )
+            .order_by(g.not_after)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_grant(row) for row in self._c.execute(q)]
+
+    # alerts ----------------------------------------------------------------------------------
+    def save_alert(
+        self, alert: AlertState, targets: tuple[str, ...], received_at: datetime
+    ) -> None:
+        """Insert or replace an alert (by fingerprint) and the targets it concerns."""
+        row = {
+            "source": alert.source,
+            "name": alert.name,
+            "severity": alert.severity,
+            "status": alert.status,
+            "labels": dict(alert.labels),
+            "summary": alert.summary,
+            "starts_at": alert.starts_at,
+            "ends_at": alert.ends_at,
+            "received_at": received_at,
+        }
+        a = t.alerts.c
+        updated = self._c.execute(
+            t.alerts.update().where(a.fingerprint == alert.fingerprint).values(**row)
+        ).rowcount
+        if not updated:
+            self._c.execute(t.alerts.insert().values(fingerprint=alert.fingerprint, **row))
+        self._c.execute(
+            t.alert_targets.delete().where(t.alert_targets.c.fingerprint == alert.fingerprint)
+        )
+        if targets:
+            self._c.execute(
+                t.alert_targets.insert(),
+                [{"fingerprint": alert.fingerprint, "target": name} for name in targets],
+            )
+
+    def alerts(
+        self, *, target: str | None = None, firing_only: bool = False, limit: int = 1000
+    ) -> list[StoredAlert]:
+        """Alerts with the targets they concern, most recently received first. ``firing_only``
+        keeps alerts whose status is firing (the caller checks ``ends_at`` against the clock)."""
+        a = t.alerts.c
+        q = sa.select(t.alerts)
+        if target is not None:
+            q = q.where(
+                a.fingerprint.in_(
+                    sa.select(t.alert_targets.c.fingerprint).where(
+                        t.alert_targets.c.target == target
+                    )
+                )
+            )
+        if firing_only:
+            q = q.where(a.status == "firing")
+        rows = list(self._c.execute(q.order_by(a.received_at.desc(), a.fingerprint).limit(limit)))
+        fingerprints = [row._mapping["fingerprint"] for row in rows]
+        mapped: dict[str, list[str]] = {fp: [] for fp in fingerprints}
+        if fingerprints:
+            at = t.alert_targets.c
+            for fp, name in self._c.execute(
+                sa.select(at.fingerprint, at.target).where(at.fingerprint.in_(fingerprints))
+            ):
+                mapped[fp].append(name)
+        return [
+            StoredAlert(_alert(row), tuple(sorted(mapped[row._mapping["fingerprint"]])))
+            for row in rows
+        ]
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

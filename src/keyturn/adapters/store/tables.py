@@ -48,6 +48,9 @@ access_requests = sa.Table(
     sa.Column("decision", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("start_at", UTCDateTime),
+    sa.Index("ix_requests_status_start", "status", "start_at"),
+    sa.Index("ix_requests_requester_role_created", "requester_id", "role", "created_at"),
 )
 
 reviews = sa.Table(
@@ -91,6 +94,7 @@ grants = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("privilege", sa.String(1024)),
     sa.Column("retry_at", UTCDateTime),
+    sa.Column("warned_at", UTCDateTime),
     sa.Index("ix_grants_status_not_after", "status", "not_after"),
     sa.Index("ix_grants_privilege", "provider", "privilege", "user_id", "status"),
 )
@@ -103,6 +107,34 @@ standing_snapshots = sa.Table(
     sa.Column("provider", sa.String(32), nullable=False),
     sa.Column("privilege", sa.String(1024), nullable=False),
     sa.Column("members", sa.JSON, nullable=False),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("fingerprint", sa.String(160), primary_key=True),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("severity", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("summary", sa.Text),
+    sa.Column("starts_at", UTCDateTime, nullable=False),
+    sa.Column("ends_at", UTCDateTime),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+alert_targets = sa.Table(
+    "alert_targets",
+    metadata,
+    sa.Column(
+        "fingerprint",
+        sa.String(160),
+        sa.ForeignKey("alerts.fingerprint", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("target", sa.String(64), primary_key=True),
+    sa.Index("ix_alert_targets_target", "target"),
 )
 
 audit_events = sa.Table(

@@ -15,25 +15,29 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from keyturn import __version__
 from keyturn.bootstrap import App
 from keyturn.config import UserConfig
+from keyturn.domain.alerts import is_firing
 from keyturn.domain.durations import parse_iso_duration
-from keyturn.domain.errors import InvalidInput, Unauthenticated
-from keyturn.domain.model import GrantStatus, RequestStatus, Verdict
+from keyturn.domain.errors import Forbidden, InvalidInput, TooLarge, Unauthenticated
+from keyturn.domain.model import GrantStatus, RequestStatus, Verdict, decision_to_data
 from keyturn.entrypoints.api import problems
 from keyturn.entrypoints.api.schemas import (
     AccessRequestBody,
     CommentBody,
+    ExplainBody,
     ExtendBody,
     ReconcileBody,
+    render_always_on,
     render_event,
     render_grant,
     render_request,
     render_standing,
 )
-from keyturn.service import access, audit_log, grants, standing
+from keyturn.service import access, alerts, audit_log, grants, standing
 from keyturn.service.access import RequestInput
 
 _bearer = HTTPBearer(auto_error=False)
@@ -56,7 +60,7 @@ def principal(
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise Unauthenticated("send 'Authorization: Bearer <token>'")
     digest = token_digest(creds.credentials)
-    users: dict[str, UserConfig] = request.app.state.users_by_digest
+    users: dict[str, UserConfig] = request.app.state.keyturn.users_by_token_digest()
     for known, user in users.items():
         if hmac.compare_digest(known, digest):
             return user
@@ -66,11 +70,29 @@ def principal(
 User = Annotated[UserConfig, Depends(principal)]
 
 
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading them all.
+
+    Raises:
+        TooLarge: ``Content-Length`` or the bytes received exceed ``limit``.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body is {declared} bytes; the limit is {limit}", limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(app: App) -> FastAPI:
     """Build the FastAPI application around a wired Keyturn."""
     deps = app.deps
     api = FastAPI(title="Keyturn", version=__version__, description=__doc__)
-    api.state.users_by_digest = {u.token_sha256: u for u in deps.config.users if u.token_sha256}
+    api.state.keyturn = app
     problems.install(api)
 
     @api.get("/healthz", tags=["health"])
@@ -81,7 +103,10 @@ def create_app(app: App) -> FastAPI:
     @api.get("/readyz", tags=["health"])
     def readyz(response: Response) -> dict[str, Any]:
         """Readiness: the store answers and every provider passes its check (the KRL is in
-        place; the directory accepts Keyturn's bind and its groups can be read)."""
+        place; the directory accepts Keyturn's bind and its groups can be read). ``details``
+        shows each on-call source (``ok``, ``stale``: failing but its last good state is used,
+        ``failed``: nobody counts as on call for it); a source never makes Keyturn unready,
+        because policy fails closed without it."""
         checks: dict[str, str] = {}
         try:
             with deps.store.transaction() as tx:
@@ -92,7 +117,11 @@ def create_app(app: App) -> FastAPI:
         checks |= app.readiness()
         ready = all(v == "ok" for v in checks.values())
         response.status_code = 200 if ready else 503
-        return {"status": "ready" if ready else "not ready", "checks": checks}
+        return {
+            "status": "ready" if ready else "not ready",
+            "checks": checks,
+            "details": {"oncall": app.oncall_status()},
+        }
 
     @api.get("/v1/whoami", tags=["identity"])
     def whoami(user: User) -> dict[str, Any]:
@@ -114,8 +143,77 @@ def create_app(app: App) -> FastAPI:
             justification=body.justification,
             ticket=body.ticket,
             ssh_public_key=body.ssh_public_key,
+            start=body.start,
         )
         return render_request(access.request_access(deps, user, data), user.id)
+
+    @api.post("/v1/policy/explain", tags=["policy"])
+    def explain(body: ExplainBody, user: User) -> dict[str, Any]:
+        """What the policy would decide for this request now, with the facts gathered and each
+        rule's result and reason. Creates nothing. Explaining for someone else needs admin."""
+        decision = access.explain(
+            deps,
+            user,
+            requester_id=body.requester or user.id,
+            role=body.role,
+            target=body.target,
+            duration=parse_iso_duration(body.duration),
+            justification=body.justification,
+        )
+        return decision_to_data(decision)
+
+    @api.post("/v1/webhooks/alertmanager", tags=["alerts"])
+    async def alertmanager_webhook(request: Request) -> dict[str, Any]:
+        """Prometheus Alertmanager webhook (payload version 4). Authenticate with the bearer
+        token or basic credentials configured under ``alerts``."""
+        return await _receive(request, "alertmanager")
+
+    @api.post("/v1/webhooks/alerts", tags=["alerts"])
+    async def generic_webhook(request: Request) -> dict[str, Any]:
+        """Generic alert webhook: ``{"alerts": [{"name", "status", "severity"?, "labels"?,
+        "target"?, "starts_at"?, "ends_at"?, "id"?, "summary"?}]}`` (docs/alerts.md)."""
+        return await _receive(request, "generic")
+
+    async def _receive(request: Request, source: alerts.Source) -> dict[str, Any]:
+        alerts.authenticate(deps, request.headers.get("authorization"))
+        limit = deps.config.alerts.max_body_bytes
+        try:
+            body = await _capped_body(request, limit)
+        except TooLarge:
+            deps.metrics.webhook_refused.labels("too_large").inc()
+            raise
+        received = await run_in_threadpool(
+            alerts.receive, deps, source, body, request.headers.get("authorization")
+        )
+        return {
+            "alerts": received.alerts,
+            "firing": received.firing,
+            "targets": list(received.targets),
+        }
+
+    @api.get("/v1/alerts", tags=["alerts"])
+    def list_alerts(_user: User, target: str | None = None, all: bool = False) -> dict[str, Any]:
+        """Alerts Keyturn knows: firing ones (``all=true``: resolved too), with their targets."""
+        now = deps.clock.now()
+        stored = alerts.current(deps, target=target, firing_only=not all)
+        return {
+            "items": [alerts.alert_data(s, is_firing(s.alert, now)) for s in stored],
+        }
+
+    @api.get("/v1/reports/always-on", tags=["reports"])
+    def report_always_on(user: User) -> dict[str, Any]:
+        """Admin: requesters whose grants of a role cover most working hours (habitual
+        elevation; the definition is in the response and under ``reports.always_on``)."""
+        rows = standing.always_on_report(deps, user)
+        return render_always_on(rows, deps.config.reports.always_on)
+
+    @api.post("/v1/admin/reload", tags=["admin"])
+    def reload(user: User) -> dict[str, Any]:
+        """Admin: re-read the configuration file (like ``SIGHUP``). A file that fails
+        validation or its embedded policy tests is refused and the old one stays."""
+        if not deps.is_admin(user):
+            raise Forbidden("only admins can reload the configuration")
+        return app.reload_file(user.id)
 
     @api.get("/v1/requests", tags=["requests"])
     def list_requests(

@@ -15,6 +15,7 @@ PROBLEM_BASE = "https://keyturn.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 
 STATUS: list[tuple[type[e.KeyturnError], int, str]] = [
+    (e.TooLarge, 413, "too-large"),
     (e.InvalidInput, 400, "invalid-input"),
     (e.ConfigError, 400, "invalid-config"),
     (e.Unauthenticated, 401, "unauthenticated"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keyturn.config import AlwaysOnConfig
 from keyturn.domain.audit import AuditEvent, format_time
 from keyturn.domain.durations import to_iso_duration
+from keyturn.domain.history import AlwaysOnRow
 from keyturn.domain.model import Grant, Review, decision_to_data
 from keyturn.service.access import RequestView
 from keyturn.service.standing import StandingReport
@@ -26,6 +29,20 @@ class AccessRequestBody(_Body):
     justification: str = Field(max_length=20_000)
     ticket: str | None = Field(default=None, max_length=1000)
     ssh_public_key: str | None = Field(default=None, max_length=20_000)
+    start: datetime | None = Field(
+        default=None,
+        description="RFC 3339 time with offset: activate then (a scheduled request)",
+    )
+
+
+class ExplainBody(_Body):
+    """``POST /v1/policy/explain``: what would the policy decide, and why."""
+
+    requester: str | None = Field(default=None, max_length=64, description="default: you")
+    role: str = Field(max_length=64)
+    target: str = Field(max_length=64)
+    duration: str = Field(max_length=32, description="ISO 8601 duration, e.g. PT1H")
+    justification: str = Field(default="", max_length=20_000)
 
 
 class ExtendBody(_Body):
@@ -116,6 +133,7 @@ def render_request(view: RequestView, viewer_id: str) -> dict[str, Any]:
         "justification": r.justification,
         "ticket": r.ticket,
         "status": str(r.status),
+        "start_at": _time(r.start_at),
         "created_at": _time(r.created_at),
         "updated_at": _time(r.updated_at),
         "decision": decision_to_data(r.decision),
@@ -123,6 +141,32 @@ def render_request(view: RequestView, viewer_id: str) -> dict[str, Any]:
         "grant": render_grant(view.grant, show_credentials=view.grant.user_id == viewer_id)
         if view.grant
         else None,
+    }
+
+
+def render_always_on(rows: list[AlwaysOnRow], settings: AlwaysOnConfig) -> dict[str, Any]:
+    """``keyturn report always-on``: the definition used, then one row per requester and role."""
+    return {
+        "definition": {
+            "timezone": settings.timezone,
+            "workdays": list(settings.workdays),
+            "start": settings.start.isoformat(timespec="minutes"),
+            "end": settings.end.isoformat(timespec="minutes"),
+            "window": to_iso_duration(settings.window),
+            "threshold": settings.threshold,
+        },
+        "items": [
+            {
+                "user": row.user_id,
+                "role": row.role,
+                "coverage": round(row.coverage, 4),
+                "elevated_working_hours": round(row.elevated_working_hours, 2),
+                "working_hours": round(row.working_hours, 2),
+                "days_elevated": row.days_elevated,
+                "grants": row.grants,
+            }
+            for row in rows
+        ],
     }
 
 
