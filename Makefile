@@ -22,6 +22,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests bench
 
 bench: sysdeps-test venv
+	$(BIN)/python bench/policy_decision.py
 	$(BIN)/python bench/revocation_lag.py
 
 sysdeps-build:

@@ -1,9 +1,10 @@
-"""``keyturn demo``: the 02:45 story against real sshd servers and a real OpenLDAP directory.
+"""``keyturn demo``: the 02:45 story against real sshd, OpenLDAP and Alertmanager servers.
 
 Starts a Keyturn server (store in a temporary directory), two sshd servers standing for ``db-1``
-and ``db-2`` and a slapd standing for the corporate directory, then plays the story with the same
-HTTP client the CLI uses, checking every observed outcome against the real servers (ssh logins,
-LDAP searches). Exits 0 only if every outcome is the expected one.
+and ``db-2``, a slapd standing for the corporate directory and a Prometheus Alertmanager that
+sends its webhooks to Keyturn, then plays the story with the same HTTP client the CLI uses,
+checking every observed outcome against the real servers (ssh logins, LDAP searches, alert
+state). Exits 0 only if every outcome is the expected one.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from typing import Any
 
 import ldap
 import yaml
+from rich.console import Console
 
 from keyturn import bootstrap
 from keyturn.adapters.providers.ssh_ca import public_key_path
 from keyturn.config import normalize_dn, parse_config
 from keyturn.domain.errors import Forbidden, KeyturnError
+from keyturn.entrypoints import cli_render as render
 from keyturn.entrypoints.api.app import token_digest
 from keyturn.entrypoints.cli import cert_path_for
 from keyturn.entrypoints.cli_client import Client, Settings
 from keyturn.entrypoints.server import Server, record_start
 from keyturn.lab import (
+    Alertmanager,
     Slapd,
     Sshd,
     child_dn,
@@ -39,6 +43,8 @@ from keyturn.lab import (
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
+ALERTMANAGER = "alertmanager"  # the key of the webhook token among the demo's tokens
+ALERT = {"alertname": "PostgresPrimaryDown", "instance": "db-1:9187", "severity": "critical"}
 
 
 @dataclass
@@ -74,6 +80,10 @@ def _config(
     for target in data["targets"]:
         if target["name"] in sshd_ports:
             target["port"] = sshd_ports[target["name"]]
+    for schedule in data["oncall"]["schedules"]:
+        schedule["ical"] = str(EXAMPLE.parent / schedule["ical"])
+    data["policy"]["tests"] = str(EXAMPLE.parent / data["policy"]["tests"])
+    data["alerts"]["bearer_token_sha256"] = token_digest(tokens[ALERTMANAGER])
     raw = yaml.safe_dump(data).encode()
     return parse_config(data, source="examples/keyturn.yaml (demo overrides)", raw=raw)
 
@@ -113,7 +123,7 @@ def _save_cert(data: dict[str, Any], key: Path | None) -> None:
 def _play(story: Story, tmp: Path, window_s: int) -> None:
     tokens = {
         u: "kt_" + secrets.token_urlsafe(24)
-        for u in ("alice", "bob", "carol", "dave", "mallory", "sam")
+        for u in ("alice", "bob", "carol", "dave", "erin", "mallory", "sam", ALERTMANAGER)
     }
     ca_dir = tmp / "ca"
     krl = ca_dir / "revoked.krl"
@@ -121,7 +131,7 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         tmp / "sshd-db-1",
         public_key_path(ca_dir / "user_ca"),
         krl,
-        ["server-admin@db-1", "db-schema-admin@db-1"],
+        ["server-admin@db-1", "db-schema-admin@db-1", "db-admin@db-1"],
     )
     db2 = Sshd(
         tmp / "sshd-db-2",
@@ -141,18 +151,26 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
     record_start(wired, "api")
     server = Server(wired, "127.0.0.1", port)
     server.start()
+    monitoring = Alertmanager(
+        tmp / "alertmanager",
+        f"http://127.0.0.1:{port}/v1/webhooks/alertmanager",
+        bearer_token=tokens[ALERTMANAGER],
+    )
     try:
         db1.start()
         db2.start()
+        monitoring.start()
         story.say(
             f"keyturn serving on 127.0.0.1:{port}; sshd db-1 on :{db1.port}, db-2 on :{db2.port}; "
-            f"slapd (corp directory) on :{directory.port}"
+            f"slapd (corp directory) on :{directory.port}; Alertmanager on :{monitoring.port}"
         )
-        clients = {u: Client(Settings(f"http://127.0.0.1:{port}", t)) for u, t in tokens.items()}
-        keys = {u: tmp / "home" / u / "id_ed25519" for u in ("alice", "bob", "mallory")}
+        people = [u for u in tokens if u != ALERTMANAGER]
+        clients = {u: Client(Settings(f"http://127.0.0.1:{port}", tokens[u])) for u in people}
+        keys = {u: tmp / "home" / u / "id_ed25519" for u in ("alice", "bob", "dave", "mallory")}
         for user, key in keys.items():
             make_user_key(key, f"{user}@laptop")
         try:
+            _incident_scene(story, clients=clients, keys=keys, db1=db1, monitoring=monitoring)
             _scene(
                 story,
                 clients=clients,
@@ -167,10 +185,83 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
                 client.close()
     finally:
         server.stop()
+        monitoring.stop()
         db1.stop()
         db2.stop()
         directory.stop()
         wired.close()
+
+
+def _incident_scene(
+    story: Story,
+    *,
+    clients: dict[str, Client],
+    keys: dict[str, Path],
+    db1: Sshd,
+    monitoring: Alertmanager,
+) -> None:
+    """The seed's 02:45: an alert fires, the on-call engineer gets in at once, explained;
+    someone not on call needs two reviews; once the alert resolves, so does the on-call one."""
+    story.say("02:45 — Prometheus fires PostgresPrimaryDown for db-1 (real Alertmanager) …")
+    monitoring.post_alert(ALERT, {"summary": "primary database db-1 is not accepting writes"})
+    story.expect(
+        "keyturn sees the alert (Alertmanager webhook → db-1)",
+        _wait_alerting(clients["sam"], "db-1", firing=True),
+        "alerting",
+    )
+    ask = {
+        "role": "db-admin",
+        "target": "db-1",
+        "duration": "PT30M",
+        "justification": "INC-4711: PostgresPrimaryDown on db-1, failing over to the replica",
+        "ticket": "INC-4711",
+    }
+    alice = _request(story, clients["alice"], "alice", dict(ask), keys["alice"])
+    story.expect("alice (on call for 'database') asks for db-admin", alice["status"], "approved")
+    story.expect("deciding rule", alice["decision"]["rule"], "oncall-incident")
+    print("  why (keyturn requests show):", flush=True)
+    render.explanation(_INDENTED, alice["decision"], facts=True)
+    _ssh(story, "alice", db1, keys["alice"], target="db-1 as db-admin", expected="accepted")
+    released = clients["alice"].call("POST", f"/v1/grants/{alice['grant']['id']}/release")
+    story.say(f"alice fails over, then releases her grant: {released['status']}")
+
+    dave = _request(story, clients["dave"], "dave", dict(ask), keys["dave"])
+    story.expect("dave (not on call) asks for the same", dave["status"], "pending")
+    story.expect(
+        "reviews needed (dave cannot review his own)", str(dave["decision"]["approvals"]), "2"
+    )
+    first = clients["carol"].call("POST", f"/v1/requests/{dave['id']}/approve", json={})
+    story.expect("after carol approves", first["status"], "pending")
+    second = clients["erin"].call("POST", f"/v1/requests/{dave['id']}/approve", json={})
+    story.expect("after erin approves", second["status"], "approved")
+    clients["dave"].call("POST", f"/v1/grants/{second['grant']['id']}/release")
+
+    story.say("03:20 — db-1 recovers; Alertmanager sends the resolved notification …")
+    monitoring.resolve_alert(ALERT, annotations={"summary": "recovered"})
+    story.expect(
+        "keyturn sees the alert resolve",
+        _wait_alerting(clients["sam"], "db-1", firing=False),
+        "not alerting",
+    )
+    again = _request(story, clients["alice"], "alice", dict(ask), keys["alice"])
+    story.expect("alice asks again, alert resolved", again["status"], "pending")
+    clients["alice"].call("POST", f"/v1/requests/{again['id']}/cancel", json={})
+
+
+_INDENTED = Console(markup=False, highlight=False, soft_wrap=True)
+
+
+def _wait_alerting(client: Client, target: str, *, firing: bool, timeout: float = 20) -> str:
+    """Poll Keyturn's alert state for ``target`` until it is (not) alerting, or time out."""
+    deadline = time.monotonic() + timeout
+    alerting = not firing
+    while time.monotonic() < deadline:
+        items = client.call("GET", "/v1/alerts", params={"target": target})["items"]
+        alerting = bool(items)
+        if alerting == firing:
+            break
+        time.sleep(0.1)
+    return "alerting" if alerting else "not alerting"
 
 
 def _scene(
@@ -183,7 +274,7 @@ def _scene(
     directory: Slapd,
     window_s: int,
 ) -> None:
-    story.say("02:45 — the primary database db-1 is down. Alice is on call.")
+    story.say("Everyday access: standard roles, a reviewed schema change, a revocation.")
     alice = _request(
         story,
         clients["alice"],

@@ -440,19 +440,22 @@ def _commit_revoked(deps: Deps, grant: Grant, details: dict[str, object]) -> Gra
 
 
 def warn_expiring(deps: Deps, *, limit: int = 500) -> list[Grant]:
-    """Tell holders whose grant ends within ``notifier.expiry_warning`` (once per grant).
+    """Tell holders whose grant ends within ``notifier.expiry_warning`` (once per grant; a
+    grant no longer than the warning period is not warned about: its holder knows).
 
     Returns:
         The grants whose holders were told in this pass.
     """
     now = deps.clock.now()
+    lead = deps.config.notifier.expiry_warning
     with deps.store.transaction() as tx:
-        due = tx.claim_expiring(now + deps.config.notifier.expiry_warning, limit)
+        due = tx.claim_expiring(now + lead, limit)
         for grant in due:
             tx.save_grant(dataclasses.replace(grant, warned_at=now))
-    for grant in due:
+    told = [g for g in due if g.not_after - g.not_before > lead]
+    for grant in told:
         notifications.grant_expiring(deps, grant)
-    return due
+    return told
 
 
 def _revoke_failed(deps: Deps, grant: Grant, exc: ProviderError, now: datetime) -> Grant:
