@@ -90,8 +90,9 @@ def compile_rules(rules: tuple[RuleConfig, ...]) -> tuple[CompiledRule, ...]:
 
     The package has no static type checker, so each program is evaluated once against facts of
     the right shapes: a syntax error, an unknown name, an operator applied to the wrong types or a
-    result that is not a boolean is a configuration error. A missing map key is not (it depends on
-    the data, e.g. a label only some targets carry).
+    result that is not a boolean is a configuration error. A missing map key, an index out of range
+    or a division by zero or overflow is not (it depends on the data, e.g. a label only some
+    targets carry).
 
     Raises:
         ConfigError: naming the rule and the key path ``policy.rules[i].when``.
@@ -107,7 +108,7 @@ def compile_rules(rules: tuple[RuleConfig, ...]) -> tuple[CompiledRule, ...]:
             ) from exc
         try:
             result = program.execute(_PROBE_FACTS)
-        except (KeyError, IndexError):
+        except (KeyError, IndexError, ArithmeticError):  # depend on the data, not the types
             result = True
         except (TypeError, RuntimeError, ValueError) as exc:
             raise ConfigError(
@@ -360,7 +361,7 @@ def explain_rule(rule: CompiledRule, context: Any) -> dict[str, Any]:
 def _evaluate(program: Any, context: Any) -> tuple[bool, str | None]:
     try:
         result = program.execute(context)
-    except (KeyError, IndexError, TypeError, RuntimeError, ValueError) as exc:
+    except (KeyError, IndexError, ArithmeticError, TypeError, RuntimeError, ValueError) as exc:
         message = f"no such key {exc}" if isinstance(exc, KeyError) else _first_line(exc)
         return False, f"evaluation error: {message}"
     if not isinstance(result, bool):

@@ -7,6 +7,7 @@ request, and N approvals means N distinct people (guarantee 2).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -257,7 +258,9 @@ def review(
             tx.append_audit(AuditDraft(now, actor, f"request.{request.status}", sub, details))
         if request.status is RequestStatus.APPROVED:
             grant = grant_service.new_grant(deps, tx, request, now)
-    if request.status is not RequestStatus.PENDING:
+    if refusal:
+        notifications.request_decided(deps, _refused(request, None, refusal))
+    elif request.status is not RequestStatus.PENDING:
         notifications.request_decided(deps, request, by=reviewer.id, comment=note)
     if grant is not None:
         grant = grant_service.activate(deps, grant, request)
@@ -358,6 +361,7 @@ def _start_one(deps: Deps, request_id: str) -> RequestView | None:
             ticket=request.ticket,
             now=now,
             scheduled=True,
+            existing=request,
         )
         refusal = _refusal_at_start(request, decision, reviewed)
     grant = None
@@ -378,9 +382,21 @@ def _start_one(deps: Deps, request_id: str) -> RequestView | None:
             tx.append_audit(AuditDraft(now, "system:worker", "request.started", sub, details))
             grant = grant_service.new_grant(deps, tx, request, now)
     if grant is None:
-        notifications.request_decided(deps, request)
+        notifications.request_decided(deps, _refused(request, decision, refusal))
         return RequestView(request, reviewed, None)
     return RequestView(request, reviewed, grant_service.activate(deps, grant, request))
+
+
+def _refused(
+    request: AccessRequest, decision: Decision | None, refusal: str | None
+) -> AccessRequest:
+    """The request as its requester is told about a denial by a re-check (at approval or at the
+    start): the decision taken then, with the refusal as the reason (not the reasons it was
+    first approved for)."""
+    if refusal is None:
+        return request
+    refused = dataclasses.replace(decision or request.decision, reasons=(refusal,))
+    return dataclasses.replace(request, decision=refused)
 
 
 def _parties(deps: Deps, request: AccessRequest) -> tuple[UserConfig, RoleConfig, TargetConfig]:

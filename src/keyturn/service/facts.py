@@ -14,7 +14,7 @@ from typing import Any
 from keyturn.config import RoleConfig, TargetConfig, UserConfig
 from keyturn.domain.alerts import is_firing
 from keyturn.domain.history import elevated_interval, hours_elevated
-from keyturn.domain.model import Decision
+from keyturn.domain.model import AccessRequest, Decision
 from keyturn.domain.policy import base_facts, is_eligible
 from keyturn.service.deps import Deps
 
@@ -33,8 +33,12 @@ def gather(
     ticket: str | None,
     now: datetime,
     scheduled: bool = False,
+    existing: AccessRequest | None = None,
 ) -> dict[str, Any]:
-    """Every fact for one decision at ``now`` (see :mod:`keyturn.domain.policy` for the shape)."""
+    """Every fact for one decision at ``now`` (see :mod:`keyturn.domain.policy` for the shape).
+
+    ``existing``: the stored request being decided again (at a scheduled start, for an
+    extension); it is not counted in ``history.requests_7d``, as a new request is not."""
     facts = base_facts(
         user=user,
         role=role,
@@ -54,6 +58,8 @@ def gather(
         stored = tx.alerts(target=target.name, firing_only=True)
         requests_7d = tx.count_requests(user.id, role.name, since)
         grants = tx.grants_since(since, user_id=user.id, role=role.name)
+    if existing is not None and existing.role == role.name and existing.created_at >= since:
+        requests_7d = max(0, requests_7d - 1)
     firing = sorted(
         (s.alert for s in stored if is_firing(s.alert, now)), key=lambda a: (a.starts_at, a.name)
     )
@@ -81,6 +87,7 @@ def decide(
     now: datetime,
     scheduled: bool = False,
     record: bool = True,
+    existing: AccessRequest | None = None,
 ) -> Decision:
     """Gather the facts and run the policy; count the outcome and any rule errors
     (``record=False``, for explanations, leaves the metrics alone)."""
@@ -94,6 +101,7 @@ def decide(
         ticket=ticket,
         now=now,
         scheduled=scheduled,
+        existing=existing,
     )
     decision = deps.policy.decide(
         eligible=is_eligible(deps.config, requester, role.name, target), facts=facts

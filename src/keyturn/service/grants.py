@@ -299,6 +299,7 @@ def _check_extension(
         justification=request.justification,
         ticket=request.ticket,
         now=now,
+        existing=request,
     )
     if decision.outcome is not Outcome.AUTO_APPROVE:
         why = "; ".join(decision.reasons) or decision.rule

@@ -2,7 +2,9 @@
 
 Delivery never blocks the caller: alerts go on a bounded queue that one daemon thread drains
 with httpx. A webhook that is down or slow costs a log line per alert, never a revocation.
-The payload is ``{"event", "summary", "details", "source": "keyturn"}``; the token (if any) is
+The payload is ``{"source": "keyturn", "kind": "alert", "event", "summary", "details"}`` for
+operational alerts and ``{"source", "kind": "notification", "event", "summary", "text",
+"recipients", "details"}`` for notifications; the token (if any) is
 sent as ``Authorization: Bearer`` and never logged; the URL is logged by host only.
 """
 
@@ -59,7 +61,13 @@ class WebhookNotifier:
     def alert(self, event: str, summary: str, details: dict[str, str]) -> None:
         """Log the alert and queue it for the webhook (dropped, with a log line, if full)."""
         self._log.alert(event, summary, details)
-        payload = {"source": "keyturn", "event": event, "summary": summary, "details": details}
+        payload = {
+            "source": "keyturn",
+            "kind": "alert",
+            "event": event,
+            "summary": summary,
+            "details": details,
+        }
         try:
             self._queue.put_nowait(payload)
         except queue.Full:
