@@ -608,6 +608,7 @@ def test_outage_alerts_then_revocations_complete_after_restart(
         assert failed["retry_at"] is not None
         assert len(kt.events("alert.revoke_failed", grant_id)) == 1
     assert kt.metric("keyturn_revoke_failed_alerts_total", provider="ldap") == 2
+
     def alerts() -> list[dict[str, Any]]:
         return [p for p in webhook.received if p["kind"] == "alert"]
 

@@ -98,7 +98,7 @@ def always_on_table(con: Console, data: dict[str, Any]) -> None:
         f"working hours {rule['start']}-{rule['end']} on days {rule['workdays']} "
         f"({rule['timezone']}), window {rule['window']}, listed at >= {rule['threshold']:.0%}"
     )
-    table = Table("user", "role", "coverage", "elevated h", "working h", "days", "grants")
+    table = _table("user", "role", "coverage", "elevated h", "working h", "days", "grants")
     for row in data["items"]:
         table.add_row(
             row["user"],
@@ -114,7 +114,7 @@ def always_on_table(con: Console, data: dict[str, Any]) -> None:
 
 def alerts_table(con: Console, data: dict[str, Any]) -> None:
     """``keyturn alerts``."""
-    table = Table("status", "name", "severity", "targets", "since", "source")
+    table = _table("status", "name", "severity", "targets", "since", "source")
     for a in data["items"]:
         table.add_row(
             a["status"],

@@ -34,8 +34,15 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JS
     would shadow the standard ones (RFC 9457 §3.1) are dropped."""
     body: dict[str, Any] = {k: v for k, v in extra.items() if k not in RESERVED}
     body.update(type=PROBLEM_BASE + slug, title=title, status=status, detail=detail)
-    headers = {"WWW-Authenticate": 'Bearer realm="keyturn"'} if status == 401 else None
+    headers = {"WWW-Authenticate": _challenge(extra.get("schemes"))} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _challenge(schemes: object) -> str:
+    """``WWW-Authenticate`` (RFC 9110 §11.6.1): one challenge per scheme the refusal names in
+    ``schemes`` (the alert webhooks: Bearer and/or Basic), else Bearer (user API tokens)."""
+    names = [s for s in schemes if isinstance(s, str)] if isinstance(schemes, list) else []
+    return ", ".join(f'{name} realm="keyturn"' for name in names or ["Bearer"])
 
 
 def _for_error(exc: e.KeyturnError) -> JSONResponse:
