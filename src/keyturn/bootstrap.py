@@ -70,8 +70,8 @@ class App:
 
         The new file must validate, its policy must compile and its embedded policy tests
         (``policy.tests``) must pass; settings that need a restart (``store``, ``server``,
-        ``ssh_ca``, ``ldap``) must be unchanged. Otherwise the old configuration stays and the
-        refusal is an audit event too.
+        ``ssh_ca``, ``ldap``, ``notifier``) must be unchanged. Otherwise the old configuration
+        stays and the refusal is an audit event too.
 
         Returns:
             ``{applied, old_sha256, new_sha256, reason?}``.
@@ -85,7 +85,7 @@ class App:
             try:
                 restart = [
                     name
-                    for name in ("store", "server", "ssh_ca", "ldap")
+                    for name in ("store", "server", "ssh_ca", "ldap", "notifier")
                     if getattr(old.config, name) != getattr(loaded.config, name)
                 ]
                 if restart:

@@ -527,7 +527,7 @@ def test_readiness_details_show_the_oncall_source(api: Api) -> None:
     assert response.status_code == 200
     database = response.json()["details"]["oncall"]["database"]
     assert database["state"] == "ok"
-    assert database["error"] is None
+    assert set(database) == {"state", "last_success"}  # errors may name a feed's secret path
 
 
 def test_metrics_expose_the_incident_families(api: Api, pubkey: str) -> None:

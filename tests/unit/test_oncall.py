@@ -489,15 +489,22 @@ def test_a_windows_time_zone_name_is_understood() -> None:
 
 
 def test_a_flood_of_occurrences_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A FREQ=SECONDLY rule is cut off at MAX_SHIFTS rather than expanded for minutes."""
+    """Sub-hourly RRULEs are refused before any expansion (from an old DTSTART they cost
+    minutes of CPU); other floods are cut off at MAX_SHIFTS rather than expanded for minutes."""
     monkeypatch.setattr(oncall_sources, "MAX_SHIFTS", 50)
-    data = calendar(
-        vevent(
-            "e", "DTSTART:20260301T000000Z", "DURATION:PT1S", "RRULE:FREQ=SECONDLY", "SUMMARY:alice"
+    for freq in ("SECONDLY", "MINUTELY"):
+        data = calendar(
+            vevent(
+                "e", "DTSTART:20200301T000000Z", "DURATION:PT1S", f"RRULE:FREQ={freq}", "SUMMARY:a"
+            )
         )
+        with pytest.raises(OnCallSourceError, match=f"FREQ={freq} is refused"):
+            ical_shifts(data, start=utc(2026, 3, 1), end=utc(2026, 3, 2))
+    hourly = calendar(
+        vevent("e", "DTSTART:20260301T000000Z", "DURATION:PT1H", "RRULE:FREQ=HOURLY", "SUMMARY:a")
     )
     with pytest.raises(OnCallSourceError, match="more than 50 shifts"):
-        ical_shifts(data, start=utc(2026, 3, 1), end=utc(2026, 3, 2))
+        ical_shifts(hourly, start=utc(2026, 3, 1), end=utc(2026, 3, 5))
     rotation = RotationConfig(start=wall(2026, 3, 1), shift=timedelta(seconds=1), people=("alice",))
     with pytest.raises(OnCallSourceError, match="more than 50 shifts"):
         rotation_shifts(rotation, start=utc(2026, 3, 1), end=utc(2026, 3, 2))

@@ -139,6 +139,18 @@ def test_a_changed_store_needs_a_restart(
     assert event.details["reason"] == result["reason"]
 
 
+def test_a_changed_notifier_needs_a_restart(app: App, path: Path, data: dict[str, Any]) -> None:
+    """A new notifier webhook is refused rather than reported applied while the old one keeps
+    receiving notifications."""
+    data["notifier"] = {"webhook_url": "https://new-hook.example.net/keyturn"}
+    write(path, data)
+    notifier = app.deps.notifier
+    result = app.reload_file("sam")
+    assert result["applied"] is False
+    assert str(result["reason"]).startswith("changes to notifier need a restart")
+    assert app.deps.notifier is notifier
+
+
 def test_a_new_alert_mapping_remaps_alerts_already_stored(
     app: App, path: Path, data: dict[str, Any]
 ) -> None:

@@ -189,6 +189,36 @@ def test_a_reviewed_scheduled_request_starts_at_its_start(
     assert (started.grant.not_before, started.grant.not_after) == (start, start + HOUR)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda rule: rule.update(approvals=2),
+        lambda rule: rule.update(approvers={"users": ["erin"]}),
+    ],
+    ids=["more-approvals", "other-approvers"],
+)
+def test_an_earlier_quorum_does_not_carry_over_to_a_stricter_rule_at_the_start(
+    deps: Deps,
+    data: dict[str, Any],
+    clock: FakeClock,
+    provider: FakeProvider,
+    change: Callable[[dict[str, Any]], None],
+) -> None:
+    """carol's one approval satisfied the rule at review time; at the start the rule wants two
+    approvals, or other approvers: the old quorum does not count -- denied, nothing granted."""
+    start = clock.now() + LATER
+    view = ask(deps, "bob", "db-schema-admin", duration=HOUR, start=start)
+    access.review(deps, user(deps, "carol"), view.request.id, Verdict.APPROVE, None)
+    lead = next(r for r in data["policy"]["rules"] if r["name"] == "high-tier-needs-lead")
+    change(lead)
+    reconfigure(deps, data)
+    clock.set(start)
+    (ended,) = access.start_scheduled(deps)
+    assert ended.request.status is RequestStatus.DENIED
+    assert ended.grant is None
+    assert grant_calls(provider) == []
+
+
 def test_a_cancelled_scheduled_request_never_starts(
     deps: Deps, clock: FakeClock, provider: FakeProvider
 ) -> None:

@@ -118,10 +118,11 @@ def read_source(
 
 
 def describe_url(url: str) -> str:
-    """``scheme://host[:port]/path`` of a URL: no user info, query or fragment (safe to log)."""
+    """``scheme://host[:port]`` of a URL: no user info, path, query or fragment -- private feed
+    URLs (PagerDuty, Opsgenie) carry their secret in the path (safe to log)."""
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
-    return escape_controls(f"{parts.scheme}://{host}{parts.path}")
+    return escape_controls(f"{parts.scheme}://{host}")
 
 
 def _fetch(url: str, *, timeout: timedelta, max_bytes: int) -> bytes:
@@ -196,6 +197,7 @@ def ical_shifts(data: bytes, *, start: datetime, end: datetime) -> list[Shift]:
     calendar = _parse(data)
     zone = _calendar_zone(calendar)
     _check_time_zones(calendar)
+    _check_frequencies(calendar)
     shifts = []
     for event, begin, finish in _occurrences(calendar, zone, start, end):
         if str(event.get("STATUS", "")).upper() == "CANCELLED":
@@ -236,6 +238,19 @@ def _check_time_zones(calendar: icalendar.Calendar) -> None:
     for tzid in sorted(calendar.get_missing_tzids()):
         if tzp.timezone(tzid) is None:
             raise OnCallSourceError(f"unknown time zone {tzid!r} (TZID without VTIMEZONE)")
+
+
+def _check_frequencies(calendar: icalendar.Calendar) -> None:
+    """Refuse sub-hourly recurrences: expanding them from an old ``DTSTART`` up to now costs
+    minutes of CPU (an on-call shift is hours long; such a rule is a mistake or an attack)."""
+    for event in calendar.walk("VEVENT"):
+        rules = event.get("RRULE")
+        for rule in rules if isinstance(rules, list) else [rules]:
+            if rule is None:
+                continue
+            freq = [str(f).upper() for f in rule.get("FREQ", [])]
+            if any(f in ("SECONDLY", "MINUTELY") for f in freq):
+                raise OnCallSourceError(f"RRULE FREQ={freq[0]} is refused (sub-hourly shifts)")
 
 
 def _occurrences(

@@ -363,7 +363,7 @@ def _start_one(deps: Deps, request_id: str) -> RequestView | None:
             scheduled=True,
             existing=request,
         )
-        refusal = _refusal_at_start(request, decision, reviewed)
+        refusal = _refusal_at_start(deps, request, decision, reviewed)
     grant = None
     with deps.store.transaction() as tx:
         request = tx.get_request(request_id, lock=True)
@@ -409,17 +409,27 @@ def _parties(deps: Deps, request: AccessRequest) -> tuple[UserConfig, RoleConfig
 
 
 def _refusal_at_start(
-    request: AccessRequest, decision: Decision, reviews: list[Review]
+    deps: Deps, request: AccessRequest, decision: Decision, reviews: list[Review]
 ) -> str | None:
+    """Why a scheduled request may not start now, or None. A decision that requires review is
+    satisfied only by the same rule's quorum, counted among the people that rule's approvers
+    name now (the requester never counts): an earlier quorum under another rule, or under fewer
+    or other approvers, does not carry over."""
     if decision.outcome is Outcome.DENY:
         return f"at the scheduled start the policy denied it: {'; '.join(decision.reasons)}"
-    if decision.outcome is Outcome.REQUIRE_APPROVAL and not (
-        request.decision.outcome is Outcome.REQUIRE_APPROVAL
-        and quorum_reached(request.decision.approvals, reviews)
-    ):
+    if decision.outcome is not Outcome.REQUIRE_APPROVAL:
+        return None
+    qualified = [
+        r
+        for r in reviews
+        if r.reviewer_id != request.requester_id
+        and (reviewer := deps.config.user(r.reviewer_id)) is not None
+        and decision.approvers.includes(reviewer.id, reviewer.groups)
+    ]
+    if decision.rule != request.decision.rule or not quorum_reached(decision.approvals, qualified):
         return (
-            f"at the scheduled start rule {decision.rule} requires review, and nobody reviewed "
-            "this request; ask again"
+            f"at the scheduled start rule {decision.rule} requires review ({decision.approvals} "
+            "from its approvers), which this request does not have; ask again"
         )
     return None
 

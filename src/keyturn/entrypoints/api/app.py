@@ -106,7 +106,8 @@ def create_app(app: App) -> FastAPI:
         place; the directory accepts Keyturn's bind and its groups can be read). ``details``
         shows each on-call source (``ok``, ``stale``: failing but its last good state is used,
         ``failed``: nobody counts as on call for it); a source never makes Keyturn unready,
-        because policy fails closed without it."""
+        because policy fails closed without it. Errors and warnings (which may name a feed's
+        path or people) are not shown here, only in the server's log."""
         checks: dict[str, str] = {}
         try:
             with deps.store.transaction() as tx:
@@ -120,7 +121,12 @@ def create_app(app: App) -> FastAPI:
         return {
             "status": "ready" if ready else "not ready",
             "checks": checks,
-            "details": {"oncall": app.oncall_status()},
+            "details": {
+                "oncall": {
+                    name: {"state": st["state"], "last_success": st["last_success"]}
+                    for name, st in app.oncall_status().items()
+                }
+            },
         }
 
     @api.get("/v1/whoami", tags=["identity"])
