@@ -49,15 +49,15 @@ class App:
     closers: list[Callable[[], None]] = field(default_factory=list)
     oncall: OnCallSchedules | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
-    _digests: tuple[int, dict[str, UserConfig]] | None = None
+    _digests: tuple[KeyturnConfig, dict[str, UserConfig]] | None = None
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def users_by_token_digest(self) -> dict[str, UserConfig]:
         """Users by the SHA-256 of their API token, for the configuration in force."""
         config = self.deps.config
-        if self._digests is None or self._digests[0] != id(config):
+        if self._digests is None or self._digests[0] is not config:
             users = {u.token_sha256: u for u in config.users if u.token_sha256}
-            self._digests = (id(config), users)
+            self._digests = (config, users)
         return self._digests[1]
 
     def oncall_status(self) -> dict[str, dict[str, object]]:
