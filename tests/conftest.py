@@ -16,6 +16,7 @@ from keyturn.domain.audit import AuditEvent
 from keyturn.domain.policy import PolicyEngine
 from keyturn.entrypoints.logs import configure as configure_logs
 from keyturn.lab import Slapd, example_directory
+from keyturn.ports import Provider
 from keyturn.service.deps import Deps
 from keyturn.testing import FakeClock, FakeProvider, InMemoryStore, RecordingNotifier
 from tests.pg import PgCluster
@@ -88,17 +89,7 @@ def directory_deps(
     data: dict[str, Any], clock: FakeClock, ldap: FakeProvider, notifier: RecordingNotifier
 ) -> Deps:
     """Services wired with fakes: in-memory store, fake clock, fake ssh, ``ldap`` as directory."""
-    config = load(data).config
-    return Deps(
-        config=config,
-        policy=PolicyEngine(config),
-        store=InMemoryStore(),
-        clock=clock,
-        providers={"ssh": FakeProvider("ssh"), "ldap": ldap},
-        new_id=counter_ids(),
-        new_serial=serials(),
-        notifier=notifier,
-    )
+    return fake_deps(data, clock, {"ssh": FakeProvider("ssh"), "ldap": ldap}, notifier=notifier)
 
 
 def user(deps: Deps, user_id: str) -> UserConfig:
@@ -151,15 +142,27 @@ def provider() -> FakeProvider:
 @pytest.fixture
 def deps(tmp_path: Path, clock: FakeClock, provider: FakeProvider) -> Deps:
     """Services wired with fakes: in-memory store, fake clock, fake provider."""
-    loaded = load(example_data(tmp_path))
+    return fake_deps(example_data(tmp_path), clock, {"ssh": provider})
+
+
+def fake_deps(
+    data: dict[str, Any],
+    clock: FakeClock,
+    providers: dict[str, Provider],
+    **extra: Any,
+) -> Deps:
+    """Services over ``data`` with an in-memory store, reproducible ids and serials, and
+    ``extra`` ports (``notifier=``, ``oncall=``)."""
+    config = load(data).config
     return Deps(
-        config=loaded.config,
-        policy=PolicyEngine(loaded.config),
+        config=config,
+        policy=PolicyEngine(config),
         store=InMemoryStore(),
         clock=clock,
-        providers={"ssh": provider},
+        providers=providers,
         new_id=counter_ids(),
         new_serial=serials(),
+        **extra,
     )
 
 

@@ -47,7 +47,6 @@ class App:
     ssh: SshCertificateProvider
     store: SqlStore
     closers: list[Callable[[], None]] = field(default_factory=list)
-    oncall: OnCallSchedules | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     _digests: tuple[KeyturnConfig, dict[str, UserConfig]] | None = None
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -59,6 +58,12 @@ class App:
             users = {u.token_sha256: u for u in config.users if u.token_sha256}
             self._digests = (config, users)
         return self._digests[1]
+
+    @property
+    def oncall(self) -> OnCallSchedules | None:
+        """The on-call schedules in force (``deps.oncall``; a reload replaces them)."""
+        schedules = self.deps.oncall
+        return schedules if isinstance(schedules, OnCallSchedules) else None
 
     def oncall_status(self) -> dict[str, dict[str, object]]:
         """Each on-call schedule's source state (``/readyz`` details; never blocks readiness:
@@ -101,10 +106,7 @@ class App:
                         path="policy.tests",
                     )
             except ConfigError as exc:
-                result |= {"applied": False, "reason": exc.message}
-                self.deps.metrics.config_reloads.labels("refused").inc()
-                audit_log.record(self.deps, actor, "config.reload_refused", result)
-                return result
+                return self._refused(actor, result, exc.message)
             self._apply(loaded, policy)
             alerts.remap(self.deps)
             result["applied"] = True
@@ -116,20 +118,21 @@ class App:
         """Re-read the file this app was started from and :meth:`reload` it; an unreadable or
         invalid file is refused (and audited) the same way."""
         from keyturn.config import load_config
-        from keyturn.service import audit_log
 
         try:
             loaded = load_config(Path(self.loaded.source))
         except ConfigError as exc:
-            result: dict[str, object] = {
-                "applied": False,
-                "old_sha256": self.loaded.sha256,
-                "reason": exc.message,
-            }
-            self.deps.metrics.config_reloads.labels("refused").inc()
-            audit_log.record(self.deps, actor, "config.reload_refused", result)
-            return result
+            return self._refused(actor, {"old_sha256": self.loaded.sha256}, exc.message)
         return self.reload(loaded, actor)
+
+    def _refused(self, actor: str, result: dict[str, object], reason: str) -> dict[str, object]:
+        """Record a refused reload (metric, audit event) and say so; nothing was applied."""
+        from keyturn.service import audit_log
+
+        result = result | {"applied": False, "reason": reason}
+        self.deps.metrics.config_reloads.labels("refused").inc()
+        audit_log.record(self.deps, actor, "config.reload_refused", result)
+        return result
 
     def _apply(self, loaded: LoadedConfig, policy: PolicyEngine) -> None:
         config = loaded.config
@@ -140,9 +143,9 @@ class App:
             if update is not None:
                 update(roles=roles, users=users)
         old_oncall = self.oncall
-        self.oncall = _oncall(loaded, self.deps.clock, self.environ)
+        oncall = _oncall(loaded, self.deps.clock, self.environ)
         self.deps.config, self.deps.policy, self.loaded = config, policy, loaded
-        self.deps.oncall = self.oncall
+        self.deps.oncall = oncall
         if old_oncall is not None:
             old_oncall.close()
 
@@ -257,7 +260,6 @@ def build(
         ssh=ssh,
         store=store,
         closers=closers,
-        oncall=oncall,
         environ=env,
     )
     deps.metrics.registry.register(_CurrentOnCall(app))

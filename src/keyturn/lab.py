@@ -45,15 +45,24 @@ def free_port() -> int:
         return port
 
 
-def sshd_binary() -> str:
-    """Path of sshd. Raises FileNotFoundError with the install hint."""
-    for candidate in SSHD_CANDIDATES:
+def find_binary(candidates: tuple[str, ...], names: tuple[str, ...], package: str) -> str:
+    """The first executable of ``candidates``, else the first of ``names`` on ``PATH``.
+
+    Raises:
+        FileNotFoundError: none found; the message names the Debian ``package`` to install.
+    """
+    for candidate in candidates:
         if os.access(candidate, os.X_OK):
             return candidate
-    found = shutil.which("sshd")
-    if found:
-        return found
-    raise FileNotFoundError("sshd not found: apt-get install openssh-server")
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    raise FileNotFoundError(f"{names[0]} not found: apt-get install {package}")
+
+
+def sshd_binary() -> str:
+    """Path of sshd. Raises FileNotFoundError with the install hint."""
+    return find_binary(SSHD_CANDIDATES, ("sshd",), "openssh-server")
 
 
 def make_user_key(path: Path, comment: str) -> Path:
@@ -246,13 +255,7 @@ GROUP_MEMBER_ATTRIBUTE = {"groupOfNames": "member", "groupOfUniqueNames": "uniqu
 
 def slapd_binary() -> str:
     """Path of slapd. Raises FileNotFoundError with the install hint."""
-    for candidate in SLAPD_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("slapd")
-    if found:
-        return found
-    raise FileNotFoundError("slapd not found: apt-get install slapd ldap-utils")
+    return find_binary(SLAPD_CANDIDATES, ("slapd",), "slapd ldap-utils")
 
 
 def ssha(password: str) -> str:
@@ -581,13 +584,11 @@ ALERTMANAGER_HTTP_TIMEOUT = 5.0  # seconds, for calls to its API
 
 def alertmanager_binary() -> str:
     """Path of Prometheus Alertmanager. Raises FileNotFoundError with the install hint."""
-    for candidate in ALERTMANAGER_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if found:
-        return found
-    raise FileNotFoundError("Alertmanager not found: apt-get install prometheus-alertmanager")
+    return find_binary(
+        ALERTMANAGER_CANDIDATES,
+        ("prometheus-alertmanager", "alertmanager"),
+        "prometheus-alertmanager",
+    )
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -36,7 +36,7 @@ from keyturn.config import Duration, LoadedConfig, Name, load_config
 from keyturn.domain.alerts import AlertTargets
 from keyturn.domain.errors import ConfigError
 from keyturn.domain.model import Decision, Outcome
-from keyturn.domain.policy import PolicyEngine, base_facts, is_eligible
+from keyturn.domain.policy import PolicyEngine, add_sourced_facts, base_facts, is_eligible
 
 DEFAULT_AT = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
@@ -202,15 +202,18 @@ def _run(loaded: LoadedConfig, policy: PolicyEngine, case: Case, base_dir: Path)
     covering = [
         s.name for s in config.oncall.schedules if s.name in schedules and s.targets.matches(target)
     ]
-    facts["requester"]["on_call"] = bool(covering)
-    facts["requester"]["on_call_schedules"] = covering
     mapper = AlertTargets(config.alerts, config.targets)
-    firing = [a for a in case.alerts if target.name in mapper.targets_of(_labels(a))]
-    facts["target"]["alerting"] = bool(firing)
-    facts["target"]["alerts"] = [
-        {"name": a.name, "severity": a.severity or "", "since": a.since or at} for a in firing
-    ]
-    facts["history"] = case.history.model_dump()
+    add_sourced_facts(
+        facts,
+        on_call_schedules=covering,
+        alerts=[
+            (a.name, a.severity, a.since or at)
+            for a in case.alerts
+            if target.name in mapper.targets_of(_labels(a))
+        ],
+        requests_7d=case.history.requests_7d,
+        hours_elevated_7d=case.history.hours_elevated_7d,
+    )
     _merge(facts, case.facts)
     decision = policy.decide(eligible=is_eligible(config, user, role.name, target), facts=facts)
     mismatches = []

@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from keyturn import bootstrap, lab
 from keyturn.bootstrap import App
 from keyturn.entrypoints.api.app import create_app
+from keyturn.entrypoints.cli import app as cli_app
 from keyturn.entrypoints.server import Server
 from tests.conftest import TOKENS, example_data, load
 
@@ -105,3 +107,16 @@ def live_server(wired: App) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def cli(url: str, user: str, *args: str) -> Any:
+    """Run the CLI in-process as ``user`` against ``url``; returns the Click result."""
+    return CliRunner().invoke(cli_app, ["--url", url, "--token", TOKENS[user], *args])
+
+
+def succeeded(result: Any) -> str:
+    """The stdout of a successful run (fails the test with its output otherwise)."""
+    assert result.exception is None, (result.exception, result.output)
+    assert result.exit_code == 0, result.output
+    out: str = result.stdout
+    return out

@@ -27,6 +27,7 @@ from keyturn.entrypoints import cli as cli_module
 from keyturn.entrypoints.cli import app
 from keyturn.entrypoints.cli_client import Client
 from tests.conftest import EXAMPLE, TOKENS
+from tests.e2e.conftest import cli, succeeded
 
 KEYTURN = Path(sys.executable).parent / "keyturn"
 CERT_PREFIX = "ssh-ed25519-cert-v01@openssh.com "
@@ -60,19 +61,6 @@ def tracked_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Client]]:
     monkeypatch.setattr(cli_module, "Client", Tracked)
     yield _CLIENTS
     _CLIENTS.clear()
-
-
-def cli(url: str, user: str, *args: str) -> Any:
-    """Run the CLI in-process as ``user`` against ``url``; returns the Click result."""
-    return CliRunner().invoke(app, ["--url", url, "--token", TOKENS[user], *args])
-
-
-def succeeded(result: Any) -> str:
-    """The stdout of a successful run (fails the test with its output otherwise)."""
-    assert result.exception is None, (result.exception, result.output)
-    assert result.exit_code == 0, result.output
-    out: str = result.stdout
-    return out
 
 
 def run(*args: str, url: str | None = None, user: str | None = None, token: str | None = None):

@@ -33,6 +33,7 @@ from keyturn.config import load_config
 from keyturn.entrypoints.cli import app
 from keyturn.entrypoints.server import Server
 from tests.conftest import EXAMPLE, TOKENS, example_data
+from tests.e2e.conftest import cli, succeeded
 
 KEYTURN = str(Path(sys.executable).parent / "keyturn")
 CASES = EXAMPLE.parent / "policy-tests.yaml"
@@ -84,19 +85,6 @@ def live(tmp_path: Path) -> Iterator[Live]:
     finally:
         server.stop()
         wired.close()
-
-
-def cli(url: str, user: str, *args: str) -> Any:
-    """Run the CLI in-process as ``user`` against ``url``; returns the Click result."""
-    return CliRunner().invoke(app, ["--url", url, "--token", TOKENS[user], *args])
-
-
-def succeeded(result: Any) -> str:
-    """The stdout of a successful run (fails the test with its output otherwise)."""
-    assert result.exception is None, (result.exception, result.output)
-    assert result.exit_code == 0, result.output
-    out: str = result.stdout
-    return out
 
 
 def run(*args: str, url: str | None = None, user: str | None = None) -> Any:

@@ -152,6 +152,12 @@ class AccessRequest:
     updated_at: datetime
     start_at: datetime | None = None
 
+    def review_deadline(self, ttl: timedelta) -> datetime:
+        """When a pending request expires unreviewed: ``ttl`` after it was made, or at its
+        scheduled start if that is later (reviewers may answer until then)."""
+        deadline = self.created_at + ttl
+        return max(deadline, self.start_at) if self.start_at is not None else deadline
+
     def transition(self, to: RequestStatus, now: datetime) -> AccessRequest:
         """Return the request in state ``to``.
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -229,6 +230,32 @@ def base_facts(
             "date": local.date().isoformat(),
         },
     }
+
+
+def add_sourced_facts(
+    facts: dict[str, Any],
+    *,
+    on_call_schedules: Sequence[str],
+    alerts: Sequence[tuple[str, str | None, datetime]],
+    requests_7d: int,
+    hours_elevated_7d: float,
+) -> dict[str, Any]:
+    """Fill in the facts that come from sources (on-call, alerts, history) -- the one place
+    their shape is written, for real decisions and policy test cases alike.
+
+    Args:
+        on_call_schedules: schedules covering the target on which the requester is on call now.
+        alerts: firing alerts mapped to the target, as ``(name, severity, since)``.
+    """
+    facts["requester"]["on_call"] = bool(on_call_schedules)
+    facts["requester"]["on_call_schedules"] = list(on_call_schedules)
+    facts["target"]["alerting"] = bool(alerts)
+    facts["target"]["alerts"] = [
+        {"name": name, "severity": severity or "", "since": since}
+        for name, severity, since in sorted(alerts, key=lambda a: (a[2], a[0]))
+    ]
+    facts["history"] = {"requests_7d": requests_7d, "hours_elevated_7d": hours_elevated_7d}
+    return facts
 
 
 def _recordable(facts: dict[str, Any]) -> dict[str, Any]:

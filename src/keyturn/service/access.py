@@ -303,10 +303,7 @@ def expire_pending(deps: Deps, *, limit: int = 500) -> list[AccessRequest]:
     expired = []
     with deps.store.transaction() as tx:
         for request in tx.list_requests(status=RequestStatus.PENDING, limit=limit):
-            deadline = request.created_at + ttl
-            if request.start_at is not None:
-                deadline = max(deadline, request.start_at)
-            if deadline <= now:
+            if request.review_deadline(ttl) <= now:
                 done = request.transition(RequestStatus.EXPIRED, now)
                 tx.save_request(done)
                 sub = {"request_id": done.id, "user_id": done.requester_id}

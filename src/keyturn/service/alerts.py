@@ -15,7 +15,6 @@ from typing import Literal
 import structlog
 
 from keyturn.domain.alerts import (
-    AlertState,
     AlertTargets,
     check_webhook_auth,
     is_firing,
@@ -125,20 +124,3 @@ def current(
     with deps.store.transaction() as tx:
         stored = tx.alerts(target=target, firing_only=firing_only)
     return [s for s in stored if not firing_only or is_firing(s.alert, now)]
-
-
-def alert_data(stored: StoredAlert, now_firing: bool) -> dict[str, object]:
-    """An alert as JSON-safe data for the API and CLI."""
-    alert: AlertState = stored.alert
-    return {
-        "fingerprint": alert.fingerprint,
-        "source": alert.source,
-        "name": alert.name,
-        "severity": alert.severity,
-        "status": "firing" if now_firing else "resolved",
-        "labels": alert.labels,
-        "summary": alert.summary,
-        "starts_at": alert.starts_at.isoformat().replace("+00:00", "Z"),
-        "ends_at": alert.ends_at.isoformat().replace("+00:00", "Z") if alert.ends_at else None,
-        "targets": list(stored.targets),
-    }

@@ -15,7 +15,7 @@ from keyturn.config import RoleConfig, TargetConfig, UserConfig
 from keyturn.domain.alerts import is_firing
 from keyturn.domain.history import elevated_interval, hours_elevated
 from keyturn.domain.model import AccessRequest, Decision
-from keyturn.domain.policy import base_facts, is_eligible
+from keyturn.domain.policy import add_sourced_facts, base_facts, is_eligible
 from keyturn.service.deps import Deps
 
 HISTORY_WINDOW = timedelta(days=7)
@@ -51,8 +51,6 @@ def gather(
         scheduled=scheduled,
     )
     schedules = deps.oncall.on_call(user.id, target) if deps.oncall is not None else ()
-    facts["requester"]["on_call"] = bool(schedules)
-    facts["requester"]["on_call_schedules"] = list(schedules)
     since = now - HISTORY_WINDOW
     with deps.store.transaction() as tx:
         stored = tx.alerts(target=target.name, firing_only=True)
@@ -60,18 +58,18 @@ def gather(
         grants = tx.grants_since(since, user_id=user.id, role=role.name)
     if existing is not None and existing.role == role.name and existing.created_at >= since:
         requests_7d = max(0, requests_7d - 1)
-    firing = sorted(
-        (s.alert for s in stored if is_firing(s.alert, now)), key=lambda a: (a.starts_at, a.name)
-    )
-    facts["target"]["alerting"] = bool(firing)
-    facts["target"]["alerts"] = [
-        {"name": a.name, "severity": a.severity or "", "since": a.starts_at} for a in firing
-    ]
     intervals = [i for i in (elevated_interval(g) for g in grants) if i is not None]
-    facts["history"] = {
-        "requests_7d": requests_7d,
-        "hours_elevated_7d": round(hours_elevated(intervals, since=since, until=now), 3),
-    }
+    add_sourced_facts(
+        facts,
+        on_call_schedules=schedules,
+        alerts=[
+            (s.alert.name, s.alert.severity, s.alert.starts_at)
+            for s in stored
+            if is_firing(s.alert, now)
+        ],
+        requests_7d=requests_7d,
+        hours_elevated_7d=round(hours_elevated(intervals, since=since, until=now), 3),
+    )
     return facts
 
 

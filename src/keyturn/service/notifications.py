@@ -49,9 +49,7 @@ def review_needed(deps: Deps, request: AccessRequest) -> None:
     if not reviewers:
         log.warning("nobody to ask for a review", request_id=request.id, rule=request.decision.rule)
         return
-    expires_at = request.created_at + deps.config.server.pending_ttl
-    if request.start_at is not None:  # open for review until its start (access.expire_pending)
-        expires_at = max(expires_at, request.start_at)
+    expires_at = request.review_deadline(deps.config.server.pending_ttl)
     needed = request.decision.approvals
     lines = [
         f"{_name(deps, request.requester_id)} asks for {_ask(request)}.",

@@ -68,10 +68,7 @@ class WebhookNotifier:
             "summary": summary,
             "details": details,
         }
-        try:
-            self._queue.put_nowait(payload)
-        except queue.Full:
-            log.error("alert queue full; webhook delivery dropped", webhook=self._host, alert=event)
+        self._enqueue(payload)
 
     def notify(self, notification: Notification) -> None:
         """Log the notification and queue it for the webhook (``{"kind": "notification", …}``)."""
@@ -88,13 +85,17 @@ class WebhookNotifier:
             ],
             "details": notification.data,
         }
+        self._enqueue(payload)
+
+    def _enqueue(self, payload: dict[str, Any]) -> None:
+        """Queue a payload for the sender thread; if the queue is full, drop it with a log line."""
         try:
             self._queue.put_nowait(payload)
         except queue.Full:
             log.error(
-                "notification queue full; webhook delivery dropped",
+                f"{payload['kind']} queue full; webhook delivery dropped",
                 webhook=self._host,
-                notification=notification.event,
+                about=payload["event"],
             )
 
     def _drain(self) -> None:

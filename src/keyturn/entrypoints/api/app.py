@@ -31,6 +31,7 @@ from keyturn.entrypoints.api.schemas import (
     ExplainBody,
     ExtendBody,
     ReconcileBody,
+    render_alert,
     render_always_on,
     render_event,
     render_grant,
@@ -203,7 +204,7 @@ def create_app(app: App) -> FastAPI:
         now = deps.clock.now()
         stored = alerts.current(deps, target=target, firing_only=not all)
         return {
-            "items": [alerts.alert_data(s, is_firing(s.alert, now)) for s in stored],
+            "items": [render_alert(s, firing=is_firing(s.alert, now)) for s in stored],
         }
 
     @api.get("/v1/reports/always-on", tags=["reports"])

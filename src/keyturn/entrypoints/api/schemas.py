@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +12,7 @@ from keyturn.domain.audit import AuditEvent, format_time
 from keyturn.domain.durations import to_iso_duration
 from keyturn.domain.history import AlwaysOnRow
 from keyturn.domain.model import Grant, Review, decision_to_data
+from keyturn.ports import StoredAlert
 from keyturn.service.access import RequestView
 from keyturn.service.standing import StandingReport
 
@@ -167,6 +168,28 @@ def render_always_on(rows: list[AlwaysOnRow], settings: AlwaysOnConfig) -> dict[
             }
             for row in rows
         ],
+    }
+
+
+def _sender_time(value: datetime) -> str:
+    """RFC 3339 UTC with only the precision the sender gave (``2026-11-17T02:45:03Z``)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def render_alert(stored: StoredAlert, *, firing: bool) -> dict[str, Any]:
+    """An alert as JSON (``GET /v1/alerts``): ``status`` is whether it counts as firing now."""
+    alert = stored.alert
+    return {
+        "fingerprint": alert.fingerprint,
+        "source": alert.source,
+        "name": alert.name,
+        "severity": alert.severity,
+        "status": "firing" if firing else "resolved",
+        "labels": alert.labels,
+        "summary": alert.summary,
+        "starts_at": _sender_time(alert.starts_at),
+        "ends_at": _sender_time(alert.ends_at) if alert.ends_at else None,
+        "targets": list(stored.targets),
     }
 
 

@@ -4,7 +4,6 @@ quorum exclusion, rule errors, explanations, and the notifications around expiry
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,44 +18,12 @@ from tests.unit.incident import (
     FakeOnCall,
     ask,
     fire,
-    incident_data,
     metric,
     reconfigure,
     stored,
-    wire,
 )
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-def oncall() -> FakeOnCall:
-    """Nobody is on call until a test says so."""
-    return FakeOnCall()
-
-
-@pytest.fixture
-def notifier() -> RecordingNotifier:
-    """Records every notification."""
-    return RecordingNotifier()
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> dict[str, Any]:
-    """The example configuration, alert webhooks on."""
-    return incident_data(tmp_path)
-
-
-@pytest.fixture
-def deps(
-    data: dict[str, Any],
-    clock: FakeClock,
-    provider: FakeProvider,
-    notifier: RecordingNotifier,
-    oncall: FakeOnCall,
-) -> Deps:
-    """Services over fakes, with the fake on-call source and the recording notifier."""
-    return wire(data, clock, provider, notifier, oncall)
 
 
 def gathered(

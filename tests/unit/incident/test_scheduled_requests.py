@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,40 +16,10 @@ from keyturn.service import access
 from keyturn.service.deps import Deps
 from keyturn.testing import FakeClock, FakeProvider, RecordingNotifier
 from tests.conftest import events, user
-from tests.unit.incident import FakeOnCall, ask, fire, incident_data, reconfigure, stored, wire
+from tests.unit.incident import FakeOnCall, ask, fire, reconfigure, stored
 
 HOUR = timedelta(hours=1)
 LATER = timedelta(hours=2)
-
-
-@pytest.fixture
-def oncall() -> FakeOnCall:
-    """Nobody is on call until a test says so."""
-    return FakeOnCall()
-
-
-@pytest.fixture
-def notifier() -> RecordingNotifier:
-    """Records every notification."""
-    return RecordingNotifier()
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> dict[str, Any]:
-    """The example configuration, alert webhooks on."""
-    return incident_data(tmp_path)
-
-
-@pytest.fixture
-def deps(
-    data: dict[str, Any],
-    clock: FakeClock,
-    provider: FakeProvider,
-    notifier: RecordingNotifier,
-    oncall: FakeOnCall,
-) -> Deps:
-    """Services over fakes, with the fake on-call source and the recording notifier."""
-    return wire(data, clock, provider, notifier, oncall)
 
 
 def grant_calls(provider: FakeProvider) -> list[str]:

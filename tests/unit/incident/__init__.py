@@ -13,8 +13,8 @@ from keyturn.domain.policy import PolicyEngine
 from keyturn.service import access, alerts
 from keyturn.service.access import RequestInput
 from keyturn.service.deps import Deps
-from keyturn.testing import FakeClock, FakeProvider, InMemoryStore, RecordingNotifier
-from tests.conftest import counter_ids, example_data, load, serials, user
+from keyturn.testing import FakeClock, FakeProvider, RecordingNotifier
+from tests.conftest import example_data, fake_deps, load, user
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x@y"
 HOOK_TOKEN = "test-alert-hook-token"
@@ -55,18 +55,7 @@ def wire(
     oncall: FakeOnCall,
 ) -> Deps:
     """Services over fakes, with the recording notifier and the fake on-call source."""
-    config = load(data).config
-    return Deps(
-        config=config,
-        policy=PolicyEngine(config),
-        store=InMemoryStore(),
-        clock=clock,
-        providers={"ssh": provider},
-        new_id=counter_ids(),
-        new_serial=serials(),
-        notifier=notifier,
-        oncall=oncall,
-    )
+    return fake_deps(data, clock, {"ssh": provider}, notifier=notifier, oncall=oncall)
 
 
 def reconfigure(deps: Deps, data: dict[str, Any]) -> None:
