@@ -190,6 +190,16 @@ class LdapRoleConfig(_Strict):
     group: DistinguishedName
 
 
+class BreakGlassRoleConfig(_Strict):
+    """Who may break glass for a role (no review, loud, capped, reviewed afterwards)."""
+
+    group: Name = Field(description="only members of this group may break glass for the role")
+    max_duration: Duration = Field(
+        default=timedelta(hours=1),
+        description="the cap of a break-glass window (online and offline); ≤ the role's maximum",
+    )
+
+
 class RoleConfig(_Strict):
     """A named privilege with a tier, durations and a provider binding."""
 
@@ -204,6 +214,9 @@ class RoleConfig(_Strict):
     provider: Literal["ssh", "ldap"] = "ssh"
     ssh: SshRoleConfig = SshRoleConfig()
     ldap: LdapRoleConfig | None = None
+    break_glass: BreakGlassRoleConfig | None = Field(
+        default=None, description="emergency access to this role; none: break-glass is refused"
+    )
 
 
 class TargetSelector(_Strict):
@@ -547,6 +560,25 @@ class ServerConfig(_Strict):
     )
 
 
+class BreakGlassConfig(_Strict):
+    """Break-glass settings shared by every role (see ``docs/break-glass.md``).
+
+    ``security_contacts`` are user ids or e-mail addresses told of every break-glass use (next to
+    the role's approvers). ``kit_path`` is where the offline kit's public description is written
+    (public key, fingerprint, sealed secrets; never a share). ``directory_account`` names an
+    emergency directory account whose password is sealed in the kit and replaced at every
+    rotation (RFC 3062 password modify).
+    """
+
+    justification_min_length: int = Field(default=20, ge=1, le=1000)
+    review_deadline: Duration = Field(
+        default=timedelta(hours=72), description="when the post-incident review is due"
+    )
+    security_contacts: tuple[Annotated[str, Field(min_length=1, max_length=254)], ...] = ()
+    kit_path: Path = Path("keyturn-ca/break-glass-kit.json")
+    directory_account: DistinguishedName | None = None
+
+
 class AlwaysOnConfig(_Strict):
     """What ``keyturn report always-on`` calls habitual elevation.
 
@@ -598,6 +630,7 @@ class KeyturnConfig(_Strict):
     oncall: OnCallConfig = OnCallConfig()
     alerts: AlertsConfig = AlertsConfig()
     reports: ReportsConfig = ReportsConfig()
+    break_glass: BreakGlassConfig = BreakGlassConfig()
 
     def users_named(self, who: str) -> list[UserConfig]:
         """Users an on-call entry names: by exact id, or by e-mail ignoring case (``mailto:``
@@ -752,6 +785,7 @@ def check_references(config: KeyturnConfig) -> None:
         if role.max_duration <= timedelta(0):
             raise _fail(f"roles[{i}].max_duration", "must be longer than zero")
         _check_role_provider(config, role, f"roles[{i}]")
+        _check_break_glass_role(role, f"roles[{i}].break_glass", groups)
     if config.ldap is not None:
         _check_ldap(config.ldap)
     for i, rule in enumerate(config.eligibility):
@@ -766,6 +800,34 @@ def check_references(config: KeyturnConfig) -> None:
     for i, policy_rule in enumerate(config.policy.rules):
         _check_rule_approvers(policy_rule, f"policy.rules[{i}]", config, user_ids, groups)
     _check_incident_sources(config, targets)
+    _check_break_glass(config)
+
+
+def _check_break_glass_role(role: RoleConfig, path: str, groups: set[str]) -> None:
+    settings = role.break_glass
+    if settings is None:
+        return
+    if settings.group not in groups:
+        raise _fail(f"{path}.group", f"no user is in group {settings.group!r}")
+    if settings.max_duration <= timedelta(0):
+        raise _fail(f"{path}.max_duration", "must be longer than zero")
+    if settings.max_duration > role.max_duration:
+        raise _fail(f"{path}.max_duration", "is longer than the role's max_duration")
+
+
+def _check_break_glass(config: KeyturnConfig) -> None:
+    settings = config.break_glass
+    if settings.review_deadline <= timedelta(0):
+        raise _fail("break_glass.review_deadline", "must be longer than zero")
+    for i, contact in enumerate(settings.security_contacts):
+        if "@" not in contact and config.user(contact) is None:
+            raise _fail(
+                f"break_glass.security_contacts[{i}]", f"{contact!r} is no user id or e-mail"
+            )
+    if settings.directory_account is not None and config.ldap is None:
+        raise _fail(
+            "break_glass.directory_account", "a sealed directory account needs the 'ldap' section"
+        )
 
 
 def _check_incident_sources(config: KeyturnConfig, targets: set[str]) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from keyturn.config import TargetConfig
 from keyturn.domain.alerts import AlertState
 from keyturn.domain.audit import AuditDraft, AuditEvent
+from keyturn.domain.break_glass import KitInfo, PostIncidentReview, ReviewStatus
 from keyturn.domain.model import (
     AccessRequest,
     Grant,
@@ -120,6 +121,18 @@ class ManagedPrivileges(Protocol):
         """Give ``privilege`` to ``identity``; True if it was already there."""
 
 
+@runtime_checkable
+class DirectoryPasswords(Protocol):
+    """Sets and checks an emergency directory account's password (break-glass kit rotation)."""
+
+    def set_password(self, dn: str, password: str) -> None:
+        """Replace the password of ``dn`` (RFC 3062). Raises ProviderError."""
+
+    def check_password(self, dn: str, password: str) -> bool:
+        """True if a bind as ``dn`` with ``password`` succeeds. Raises ProviderError when the
+        directory cannot be asked."""
+
+
 @dataclass(frozen=True)
 class Recipient:
     """A person a notification is for: their immutable id, display name and e-mail (if known)."""
@@ -135,7 +148,8 @@ class Notification:
 
     Attributes:
         event: ``review.needed``, ``request.decided``, ``request.expired``, ``grant.activated``,
-            ``grant.expiring`` or ``grant.ended``.
+            ``grant.expiring``, ``grant.ended``, ``break_glass.used`` or
+            ``break_glass.review_overdue``.
         recipients: who it is for (never empty when sent).
         subject: one line, no secrets.
         text: a few plain-text lines for people.
@@ -268,6 +282,38 @@ class StoreTx(Protocol):
         self, *, target: str | None = None, firing_only: bool = False, limit: int = 1000
     ) -> list[StoredAlert]:
         """Stored alerts (of one target), most recently received first."""
+
+    def add_kit(self, kit: KitInfo) -> None:
+        """Insert a break-glass kit's public description. Raises Conflict if its id exists."""
+
+    def get_kit(self, kit_id: str) -> KitInfo:
+        """The kit. Raises NotFound."""
+
+    def save_kit(self, kit: KitInfo) -> None:
+        """Update a kit's ``spent_at``/``spent_by``/``retired_at``."""
+
+    def kits(self) -> list[KitInfo]:
+        """Every kit, newest first."""
+
+    def add_post_incident_review(self, review: PostIncidentReview) -> None:
+        """Insert a review. Raises Conflict if its id or ``record_id`` exists."""
+
+    def get_post_incident_review(self, review_id: str, *, lock: bool = False) -> PostIncidentReview:
+        """The review. Raises NotFound."""
+
+    def save_post_incident_review(self, review: PostIncidentReview) -> None:
+        """Update an existing review."""
+
+    def post_incident_reviews(
+        self, *, status: ReviewStatus | None = None, limit: int = 1000
+    ) -> list[PostIncidentReview]:
+        """Reviews (of one status), newest first."""
+
+    def review_for_record(self, record_id: str) -> PostIncidentReview | None:
+        """The review opened when the offline record ``record_id`` was imported, if any."""
+
+    def claim_overdue_reviews(self, now: datetime, limit: int) -> list[PostIncidentReview]:
+        """Open reviews with ``due_at`` ≤ ``now`` not yet alerted as overdue; locked."""
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

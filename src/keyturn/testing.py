@@ -19,6 +19,7 @@ from typing import Any
 
 from keyturn.domain.alerts import AlertState
 from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain
+from keyturn.domain.break_glass import KitInfo, PostIncidentReview, ReviewStatus
 from keyturn.domain.errors import Conflict, NotFound, ProviderError
 from keyturn.domain.model import (
     ENDED_GRANT_STATES,
@@ -62,6 +63,8 @@ class _State:
     head: tuple[int, str] | None = None
     snapshots: list[StandingSnapshot] = field(default_factory=list)
     alerts: dict[str, tuple[AlertState, tuple[str, ...], datetime]] = field(default_factory=dict)
+    kits: dict[str, KitInfo] = field(default_factory=dict)
+    incident_reviews: dict[str, PostIncidentReview] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -83,6 +86,8 @@ class InMemoryStore:
                 head=self._state.head,
                 snapshots=list(self._state.snapshots),
                 alerts=dict(self._state.alerts),
+                kits=dict(self._state.kits),
+                incident_reviews=dict(self._state.incident_reviews),
             )
             yield InMemoryTx(work)
             self._state = work
@@ -282,6 +287,75 @@ class InMemoryTx:
         ]
         rows.sort(key=lambda row: (-row[0].timestamp(), row[1].alert.fingerprint))
         return [stored for _, stored in rows[:limit]]
+
+    def add_kit(self, kit: KitInfo) -> None:
+        """Insert a kit; Conflict if its id exists."""
+        if kit.id in self._s.kits:
+            raise Conflict(f"break-glass kit {kit.id} already exists")
+        self._s.kits[kit.id] = kit
+
+    def get_kit(self, kit_id: str) -> KitInfo:
+        """The kit; raises NotFound."""
+        try:
+            return self._s.kits[kit_id]
+        except KeyError:
+            raise NotFound(f"no break-glass kit {kit_id!r}", kit_id=kit_id) from None
+
+    def save_kit(self, kit: KitInfo) -> None:
+        """Update a kit's spent/retired marks."""
+        old = self.get_kit(kit.id)
+        self._s.kits[kit.id] = dataclasses.replace(
+            old, spent_at=kit.spent_at, spent_by=kit.spent_by, retired_at=kit.retired_at
+        )
+
+    def kits(self) -> list[KitInfo]:
+        """Every kit, newest first."""
+        return sorted(self._s.kits.values(), key=lambda k: (-k.created_at.timestamp(), k.id))
+
+    def add_post_incident_review(self, review: PostIncidentReview) -> None:
+        """Insert a review; Conflict if its id or offline record exists."""
+        if review.id in self._s.incident_reviews or (
+            review.record_id is not None and self.review_for_record(review.record_id)
+        ):
+            raise Conflict(f"a post-incident review of {review.record_id or review.id} exists")
+        self._s.incident_reviews[review.id] = review
+
+    def get_post_incident_review(self, review_id: str, *, lock: bool = False) -> PostIncidentReview:
+        """The review; raises NotFound."""
+        try:
+            return self._s.incident_reviews[review_id]
+        except KeyError:
+            raise NotFound(f"no post-incident review {review_id!r}", review_id=review_id) from None
+
+    def save_post_incident_review(self, review: PostIncidentReview) -> None:
+        """Update an existing review."""
+        self.get_post_incident_review(review.id)
+        self._s.incident_reviews[review.id] = review
+
+    def post_incident_reviews(
+        self, *, status: ReviewStatus | None = None, limit: int = 1000
+    ) -> list[PostIncidentReview]:
+        """Reviews, newest first."""
+        rows = [
+            r for r in self._s.incident_reviews.values() if status is None or r.status == status
+        ]
+        rows.sort(key=lambda r: (-r.opened_at.timestamp(), r.id))
+        return rows[:limit]
+
+    def review_for_record(self, record_id: str) -> PostIncidentReview | None:
+        """The review of this offline record, if it was imported."""
+        return next(
+            (r for r in self._s.incident_reviews.values() if r.record_id == record_id), None
+        )
+
+    def claim_overdue_reviews(self, now: datetime, limit: int) -> list[PostIncidentReview]:
+        """Open reviews due by ``now`` and not yet alerted, earliest due first."""
+        rows = [
+            r
+            for r in self._s.incident_reviews.values()
+            if r.status is ReviewStatus.OPEN and r.due_at <= now and r.overdue_alerted_at is None
+        ]
+        return sorted(rows, key=lambda r: r.due_at)[:limit]
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

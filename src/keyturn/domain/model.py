@@ -151,6 +151,7 @@ class AccessRequest:
     created_at: datetime
     updated_at: datetime
     start_at: datetime | None = None
+    break_glass: bool = False
 
     def review_deadline(self, ttl: timedelta) -> datetime:
         """When a pending request expires unreviewed: ``ttl`` after it was made, or at its
@@ -197,6 +198,7 @@ class Grant:
     ``credentials`` holds what the requester receives (e.g. ``ssh_certificate``); never secrets.
     ``retry_at`` is when a ``revoke_failed`` grant is next retried.
     ``warned_at`` is when its holder was told it is expiring soon (None: not yet).
+    ``break_glass`` marks emergency access that skipped review (shown wherever grants are).
     """
 
     id: str
@@ -220,6 +222,7 @@ class Grant:
     privilege: str | None = None
     retry_at: datetime | None = None
     warned_at: datetime | None = None
+    break_glass: bool = False
 
     def transition(self, to: GrantStatus, now: datetime, **changes: Any) -> Grant:
         """Return the grant in state ``to`` with ``changes`` applied.

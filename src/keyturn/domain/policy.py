@@ -258,7 +258,7 @@ def add_sourced_facts(
     return facts
 
 
-def _recordable(facts: dict[str, Any]) -> dict[str, Any]:
+def recordable(facts: dict[str, Any]) -> dict[str, Any]:
     """Facts as JSON-safe data (datetimes become RFC 3339 strings)."""
 
     def convert(value: Any) -> Any:
@@ -315,7 +315,7 @@ class PolicyEngine:
             no rule matched → deny (rule ``default-deny``); a review the requester's own
             exclusion makes impossible → deny.
         """
-        recorded = _recordable(facts)
+        recorded = recordable(facts)
         if not eligible:
             who, role, target = facts["requester"]["id"], facts["role"]["name"], facts["target"]
             reason = f"{who} is not eligible for role {role} on target {target['name']}"
@@ -341,6 +341,23 @@ class PolicyEngine:
             facts=recorded,
             trace=tuple(trace),
         )
+
+    def approvers_for(self, facts: dict[str, Any]) -> Approvers:
+        """Everyone who could be asked to review a request with these facts: the approvers of
+        every ``require_approval`` rule whose condition holds, whatever the rules' order (the
+        people told of a break-glass use of the role). A rule that errors contributes nobody."""
+        context = cel.Context(facts)
+        users: list[str] = []
+        groups: list[str] = []
+        for rule in self._rules:
+            approvers = rule.config.approvers
+            if rule.config.effect is not Outcome.REQUIRE_APPROVAL or approvers is None:
+                continue
+            matched, _error = _evaluate(rule.program, context)
+            if matched:
+                users += [u for u in approvers.users if u not in users]
+                groups += [g for g in approvers.groups if g not in groups]
+        return Approvers(users=tuple(users), groups=tuple(groups))
 
 
 def _quorum_note(decision: Decision, possible: int) -> str:

@@ -35,13 +35,17 @@ app = typer.Typer(
 )
 requests_app = typer.Typer(help="List and show access requests.", invoke_without_command=True)
 grants_app = typer.Typer(help="List grants.", invoke_without_command=True)
-audit_app = typer.Typer(help="Read and verify the audit chain.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Read and verify the audit chain; import offline break-glass records.",
+    no_args_is_help=True,
+)
 config_app = typer.Typer(
     help="Check the configuration file; print its JSON Schema.", no_args_is_help=True
 )
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 report_app = typer.Typer(
-    help="Reports: standing access, habitual (always-on) elevation.", no_args_is_help=True
+    help="Reports: standing access, habitual (always-on) elevation, break-glass uses.",
+    no_args_is_help=True,
 )
 policy_app = typer.Typer(
     help="Explain a decision; test the policy against cases before deploying it.",
@@ -619,3 +623,7 @@ def main() -> None:
     except KeyturnError as exc:
         err.print(f"keyturn: error: {exc.message}")
         sys.exit(exit_code(exc))
+
+
+# The break-glass commands live in their own module; importing it registers them on ``app``.
+from keyturn.entrypoints import cli_break_glass  # noqa: E402, F401

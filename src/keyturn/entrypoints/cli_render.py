@@ -26,7 +26,7 @@ def request_table(con: Console, data: dict[str, Any]) -> None:
             r["role"],
             r["target"],
             r["duration"],
-            r["status"],
+            r["status"] + (" BREAK-GLASS" if r.get("break_glass") else ""),
             r["decision"]["rule"],
             r["created_at"],
         )
@@ -36,7 +36,8 @@ def request_table(con: Console, data: dict[str, Any]) -> None:
 def request_detail(con: Console, r: dict[str, Any], *, cert_path: Path | None) -> None:
     """One access request, its decision (with the rule trace), reviews and grant."""
     d = r["decision"]
-    con.print(f"request    {r['id']}  ({r['status']})")
+    flag = "  BREAK-GLASS (review skipped)" if r.get("break_glass") else ""
+    con.print(f"request    {r['id']}  ({r['status']}){flag}")
     con.print(f"requester  {r['requester']}  role {r['role']} on {r['target']} for {r['duration']}")
     con.print(
         f"why        {r['justification']}" + (f"  [ticket {r['ticket']}]" if r["ticket"] else "")
@@ -147,7 +148,8 @@ def reload_result(con: Console, data: dict[str, Any]) -> None:
 
 def grant_detail(con: Console, g: dict[str, Any]) -> None:
     """One grant."""
-    con.print(f"grant      {g['id']}  ({g['status']})  {g['not_before']} → {g['not_after']}")
+    flag = "  BREAK-GLASS" if g.get("break_glass") else ""
+    con.print(f"grant      {g['id']}  ({g['status']})  {g['not_before']} → {g['not_after']}{flag}")
     if g.get("serial") is not None:
         con.print(f"serial     {g['serial']}")
     if g.get("end_reason"):
@@ -170,7 +172,7 @@ def grant_table(con: Console, data: dict[str, Any]) -> None:
             g["user"],
             g["role"],
             g["target"],
-            g["status"],
+            g["status"] + (" BREAK-GLASS" if g.get("break_glass") else ""),
             g["not_after"],
             g["end_reason"] or "",
             g["last_error"] or "",
@@ -235,3 +237,93 @@ def whoami(con: Console, data: dict[str, Any]) -> None:
     """``keyturn whoami``."""
     groups = ", ".join(data["groups"]) or "-"
     con.print(f"{data['id']} ({data['name']}); groups: {groups}; admin: {data['admin']}")
+
+
+def reviews_table(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn reviews``: post-incident reviews of break-glass uses."""
+    table = _table("ID", "MODE", "USER", "ROLE", "TARGET", "USED", "DUE", "STATUS", "VERDICT")
+    for r in data["items"]:
+        status = r["status"] + (" OVERDUE" if r["overdue"] else "")
+        table.add_row(
+            r["id"],
+            r["mode"],
+            r["user"],
+            r["role"],
+            r["target"],
+            r["used_at"],
+            r["due_at"],
+            status,
+            r["verdict"] or "",
+        )
+    con.print(table)
+
+
+def review_detail(con: Console, r: dict[str, Any]) -> None:
+    """One post-incident review."""
+    overdue = " OVERDUE" if r["overdue"] else ""
+    con.print(f"review     {r['id']}  ({r['status']}{overdue})  due {r['due_at']}")
+    con.print(f"break-glass {r['mode']} by {r['user']}: {r['role']} on {r['target']}")
+    con.print(f"used at    {r['used_at']}")
+    con.print(f"why        {r['justification']}")
+    if r.get("grant_id"):
+        con.print(f"grant      {r['grant_id']}")
+    if r.get("record_id"):
+        con.print(f"record     {r['record_id']} (kit {r['kit_id']})")
+    if r["status"] == "closed":
+        con.print(f"verdict    {r['verdict']} by {r['closed_by']} at {r['closed_at']}")
+        con.print(f"comment    {r['comment']}")
+
+
+def break_glass_result(con: Console, data: dict[str, Any], *, cert_path: Path | None) -> None:
+    """``keyturn break-glass ROLE``: the grant, and the review that is now open."""
+    request_detail(con, data["request"], cert_path=cert_path)
+    review = data["review"]
+    con.print(
+        f"This use was announced to the role's approvers and security. Post-incident review "
+        f"{review['id']} is due {review['due_at']}."
+    )
+
+
+def break_glass_report(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn report break-glass``."""
+    t = data["totals"]
+    con.print(
+        f"break-glass uses {t['uses']} (online {t['online']}, offline {t['offline']}); reviews "
+        f"open {t['open']}, overdue {t['overdue']}, justified {t['justified']}, unjustified "
+        f"{t['unjustified']}"
+    )
+    kit_status(con, data["kit"])
+    reviews_table(con, {"items": data["reviews"]})
+
+
+def kit_status(con: Console, data: dict[str, Any]) -> None:
+    """The offline kit's state."""
+    if data["state"] == "none":
+        con.print("offline kit: none (make one: keyturn break-glass kit create)")
+        return
+    note = "  USED: rotate it (keyturn break-glass kit rotate)" if data["state"] == "spent" else ""
+    con.print(
+        f"offline kit: {data['kit_id']} {data['state']} ({data['threshold']} of "
+        f"{data['shares']} shares; {data['fingerprint']}){note}"
+    )
+
+
+def kit_shares(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn break-glass kit create|rotate``: the shares, once, for paper."""
+    kit = data["kit"]
+    con.print(
+        f"Offline break-glass kit {kit['kit_id']} ({kit['fingerprint']}): any "
+        f"{kit['threshold']} of these {kit['shares']} shares rebuild its key."
+    )
+    con.print(
+        "Write each share on paper for one custodian and seal it in an envelope. They are shown "
+        "ONCE and stored nowhere; clear this terminal afterwards."
+    )
+    for number, share in enumerate(data["shares"], start=1):
+        words = share.split()
+        con.print(f"\nshare {number} of {len(data['shares'])}:")
+        for row in range(0, len(words), 6):
+            cells = [f"{row + i + 1:>2}. {w:<10}" for i, w in enumerate(words[row : row + 6])]
+            con.print("  " + " ".join(cells).rstrip())
+    con.print(f"\npublic kit description written to {data['kit_path']} (no secret in it)")
+    con.print("targets must trust its CA line next to Keyturn's: GET /v1/ssh/ca serves both.")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.bootstrap import App
 from keyturn.domain.errors import KeyturnError
-from keyturn.service import access, grants, standing
+from keyturn.service import access, break_glass, grants, standing
 
 log = structlog.get_logger("keyturn.worker")
 MIN_SLEEP = timedelta(milliseconds=20)
@@ -23,8 +23,8 @@ MIN_SLEEP = timedelta(milliseconds=20)
 
 def run_once(app: App, *, reconcile_standing: bool = False) -> int:
     """One pass: expire pending requests, start scheduled ones, warn holders of grants about to
-    end, end due grants, finish interrupted or failed revocations, optionally reconcile managed
-    privileges, refresh the KRL.
+    end, alert on overdue post-incident reviews, end due grants, finish interrupted or failed
+    revocations, optionally reconcile managed privileges, refresh the KRL.
 
     Returns:
         How many grants were acted on (started, ended or finished).
@@ -40,6 +40,8 @@ def run_once(app: App, *, reconcile_standing: bool = False) -> int:
             grant_id=view.grant.id if view.grant else None,
         )
     grants.warn_expiring(app.deps)
+    for review in break_glass.alert_overdue(app.deps):
+        log.warning("post-incident review overdue", review_id=review.id, user=review.user_id)
     expired = grants.expire_due(app.deps)
     fixed = grants.resume_unfinished(app.deps)
     if reconcile_standing:

@@ -101,7 +101,7 @@ def request_access(deps: Deps, requester: UserConfig, data: RequestInput) -> Req
         required=True,
     )
     ticket = clean_text(data.ticket, field="ticket", max_length=TICKET_MAX, required=False)
-    ssh_key = _ssh_key(role, data.ssh_public_key)
+    ssh_key = checked_ssh_key(role, data.ssh_public_key)
     now = deps.clock.now()
     start = _start(deps, data.start, now)
     decision = decide(
@@ -175,7 +175,12 @@ def _start(deps: Deps, start: datetime | None, now: datetime) -> datetime | None
     return start
 
 
-def _ssh_key(role: RoleConfig, key: str | None) -> str | None:
+def checked_ssh_key(role: RoleConfig, key: str | None) -> str | None:
+    """The requester's public key for an SSH role (None for other providers).
+
+    Raises:
+        InvalidInput: missing, or not an acceptable OpenSSH public key line.
+    """
     if role.provider != "ssh":
         return None
     if key is None or not key.strip():

@@ -68,6 +68,7 @@ def new_grant(deps: Deps, tx: StoreTx, request: AccessRequest, now: datetime) ->
         updated_at=now,
         serial=deps.new_serial() if provider == "ssh" else None,
         privilege=privilege,
+        break_glass=request.break_glass,
     )
     tx.add_grant(grant)
     tx.append_audit(
@@ -77,7 +78,8 @@ def new_grant(deps: Deps, tx: StoreTx, request: AccessRequest, now: datetime) ->
 
 
 def _window(grant: Grant) -> dict[str, object]:
-    return {
+    flag: dict[str, object] = {"break_glass": True} if grant.break_glass else {}
+    return flag | {
         "role": grant.role,
         "target": grant.target,
         "provider": grant.provider,

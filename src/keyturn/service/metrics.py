@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from keyturn.domain.break_glass import ReviewStatus
 from keyturn.domain.model import GrantStatus
 from keyturn.ports import Store
 
@@ -36,6 +37,30 @@ class _GrantStates(Collector):
         for state in GrantStatus:
             family.add_metric([str(state)], counts.get(state, 0))
         yield family
+        with self._store.transaction() as tx:
+            kits = [k for k in tx.kits() if k.retired_at is None]
+            open_reviews = tx.post_incident_reviews(status=ReviewStatus.OPEN)
+        spent = GaugeMetricFamily(
+            "keyturn_break_glass_kit_spent",
+            "1 while the offline break-glass kit in force has been used and awaits rotation.",
+        )
+        spent.add_metric([], 1 if any(k.spent_at is not None for k in kits) else 0)
+        yield spent
+        ready = GaugeMetricFamily(
+            "keyturn_break_glass_kit_ready",
+            "1 when an unused offline break-glass kit is in force.",
+        )
+        ready.add_metric([], 1 if any(k.spent_at is None for k in kits) else 0)
+        yield ready
+        reviews = GaugeMetricFamily(
+            "keyturn_post_incident_reviews_open",
+            "Open post-incident reviews of break-glass uses (overdue: its alert went out).",
+            labels=["overdue"],
+        )
+        overdue = sum(1 for r in open_reviews if r.overdue_alerted_at is not None)
+        reviews.add_metric(["true"], overdue)
+        reviews.add_metric(["false"], len(open_reviews) - overdue)
+        yield reviews
 
 
 class Metrics:
@@ -117,6 +142,12 @@ class Metrics:
             "keyturn_alert_webhooks_refused",
             "Alert webhook calls refused, by reason (unauthenticated, invalid, too_large).",
             ["reason"],
+            registry=r,
+        )
+        self.break_glass_uses = Counter(
+            "keyturn_break_glass_uses",
+            "Break-glass uses by role and mode (online; offline: counted at import).",
+            ["role", "mode"],
             registry=r,
         )
         self.config_reloads = Counter(

@@ -6,7 +6,9 @@ One function per event; each builds a :class:`~keyturn.ports.Notification` and s
 * ``request.decided`` (:func:`request_decided`), ``request.expired`` (:func:`request_expired`):
   the requester;
 * ``grant.activated`` (:func:`grant_activated`), ``grant.expiring`` (:func:`grant_expiring`),
-  ``grant.ended`` (:func:`grant_ended`): the grant's user.
+  ``grant.ended`` (:func:`grant_ended`): the grant's user;
+* ``break_glass.used`` (:func:`break_glass_used`), ``break_glass.review_overdue``
+  (:func:`break_glass_review_overdue`): the role's approvers and the security contacts.
 
 Users no longer in the configuration are skipped; a notification nobody can receive is not sent.
 ``data`` always has ``request_id``, ``role``, ``target`` and ``requester`` (a user id), and
@@ -29,6 +31,7 @@ import structlog
 
 from keyturn.config import UserConfig
 from keyturn.domain.audit import format_time
+from keyturn.domain.break_glass import BreakGlassMode, PostIncidentReview
 from keyturn.domain.durations import humanize
 from keyturn.domain.model import AccessRequest, EndReason, Grant, RequestStatus
 from keyturn.ports import Notification, Recipient
@@ -174,6 +177,102 @@ def grant_ended(deps: Deps, grant: Grant) -> None:
     }
     subject = f"Ended: {grant.role} on {grant.target} ({why})"
     _to(deps, grant.user_id, "grant.ended", subject=subject, lines=lines, data=data)
+
+
+def break_glass_used(
+    deps: Deps, review: PostIncidentReview, recipients: tuple[Recipient, ...]
+) -> None:
+    """Tell the role's approvers and the security contacts that someone broke glass."""
+    how = (
+        "through Keyturn (review skipped)"
+        if review.mode is BreakGlassMode.ONLINE
+        else "OFFLINE, with the break-glass kit, while Keyturn was unavailable"
+    )
+    lines = [
+        f"{_name(deps, review.user_id)} broke glass {how}: {review.role} on {review.target}, "
+        f"from {_clock_time(review.used_at)}.",
+        "",
+        f"Justification: {review.justification}",
+        *([f"Grant: {review.grant_id}"] if review.grant_id else []),
+        *(
+            [f"Offline record: {review.record_id} (kit {review.kit_id})"]
+            if review.record_id
+            else []
+        ),
+        f"A post-incident review ({review.id}) is open until {_clock_time(review.due_at)}.",
+        "",
+        f"Close it: keyturn reviews close {review.id} --verdict justified|unjustified "
+        '--comment "…"',
+    ]
+    if review.mode is BreakGlassMode.OFFLINE:
+        lines.append("The kit is spent: rotate it (keyturn break-glass kit rotate).")
+    subject = f"BREAK-GLASS: {review.user_id} took {review.role} on {review.target}"
+    _send_to(
+        deps,
+        "break_glass.used",
+        recipients=recipients,
+        subject=subject,
+        lines=lines,
+        data=_review_data(review),
+    )
+
+
+def break_glass_review_overdue(
+    deps: Deps, review: PostIncidentReview, recipients: tuple[Recipient, ...]
+) -> None:
+    """Tell the same people that a post-incident review is past its due time."""
+    lines = [
+        f"The post-incident review {review.id} of {_name(deps, review.user_id)}'s break-glass "
+        f"use of {review.role} on {review.target} was due {_clock_time(review.due_at)}.",
+        "",
+        f"Justification given: {review.justification}",
+        "",
+        f"Close it: keyturn reviews close {review.id} --verdict justified|unjustified "
+        '--comment "…"',
+    ]
+    subject = f"Overdue: post-incident review of {review.user_id}'s break-glass use"
+    _send_to(
+        deps,
+        "break_glass.review_overdue",
+        recipients=recipients,
+        subject=subject,
+        lines=lines,
+        data=_review_data(review),
+    )
+
+
+def _send_to(
+    deps: Deps,
+    event: str,
+    *,
+    recipients: tuple[Recipient, ...],
+    subject: str,
+    lines: list[str],
+    data: dict[str, Any],
+) -> None:
+    if not recipients:
+        log.warning("nobody to tell", notification=event, review_id=data.get("review_id"))
+        return
+    _send(deps, Notification(event, recipients, subject, "\n".join(lines), data))
+
+
+def _review_data(review: PostIncidentReview) -> dict[str, Any]:
+    data = {
+        "review_id": review.id,
+        "mode": str(review.mode),
+        "user_id": review.user_id,
+        "requester": review.user_id,
+        "role": review.role,
+        "target": review.target,
+        "justification": review.justification,
+        "used_at": format_time(review.used_at),
+        "due_at": format_time(review.due_at),
+        "grant_id": review.grant_id,
+        "request_id": review.request_id,
+        "record_id": review.record_id,
+        "kit_id": review.kit_id,
+    }
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def _end_phrase(deps: Deps, grant: Grant) -> str:

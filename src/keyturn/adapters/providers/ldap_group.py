@@ -151,6 +151,12 @@ class LdapGroupProvider:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        conn = self._bound(self._config.bind_dn, self._password)
+        self._local.conn = conn
+        return conn
+
+    def _bound(self, dn: str, password: str) -> Any:
+        """A new connection (TLS as configured) bound as ``dn``; raises ``ldap.LDAPError``."""
         c = self._config
         conn = ldap.initialize(c.url.rstrip("/"), bytes_mode=False)
         conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
@@ -164,12 +170,11 @@ class LdapGroupProvider:
         try:
             if c.start_tls:
                 conn.start_tls_s()
-            conn.simple_bind_s(c.bind_dn, self._password)
+            conn.simple_bind_s(dn, password)
         except ldap.LDAPError:
             with contextlib.suppress(ldap.LDAPError):
                 conn.unbind_s()
             raise
-        self._local.conn = conn
         return conn
 
     def _drop(self) -> None:
@@ -369,6 +374,32 @@ class LdapGroupProvider:
         """Add ``identity`` (a DN) to the group; True if already there."""
         group = self._group(privilege)
         return self._add(_Membership(group.dn, group.member_attribute, identity))
+
+    # emergency account (break-glass kit rotation) ----------------------------------------------
+    def set_password(self, dn: str, password: str) -> None:
+        """Replace the password of the entry ``dn`` with the RFC 3062 Password Modify extended
+        operation (the directory hashes it by its own policy). The password is never logged.
+
+        Raises:
+            ProviderError: the directory refused or failed.
+        """
+        self._op("set the emergency account's password", lambda c: c.passwd_s(dn, None, password))
+
+    def check_password(self, dn: str, password: str) -> bool:
+        """Read back: does a simple bind as ``dn`` with ``password`` succeed (own connection)?
+
+        Raises:
+            ProviderError: the directory cannot be reached (not a wrong password: that is False).
+        """
+        try:
+            conn = self._bound(dn, password)
+        except ldap.INVALID_CREDENTIALS:
+            return False
+        except ldap.LDAPError as exc:
+            raise _error("check the emergency account's password", exc) from exc
+        with contextlib.suppress(ldap.LDAPError):
+            conn.unbind_s()
+        return True
 
 
 def _normal_member(value: str) -> str:

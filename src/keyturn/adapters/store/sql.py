@@ -7,6 +7,7 @@ grants, ``FOR UPDATE`` on the single audit head row so the chain stays one chain
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,14 @@ from sqlalchemy.exc import IntegrityError
 from keyturn.adapters.store import tables as t
 from keyturn.domain.alerts import AlertState
 from keyturn.domain.audit import AuditDraft, AuditEvent, chain, format_time
+from keyturn.domain.break_glass import (
+    BreakGlassMode,
+    KitInfo,
+    PostIncidentReview,
+    ReviewStatus,
+    ReviewVerdict,
+    kit_from_public_data,
+)
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.domain.model import (
     ENDED_GRANT_STATES,
@@ -105,6 +114,7 @@ def _request_row(r: AccessRequest) -> dict[str, Any]:
         "created_at": r.created_at,
         "updated_at": r.updated_at,
         "start_at": r.start_at,
+        "break_glass": r.break_glass,
     }
 
 
@@ -124,6 +134,7 @@ def _request(row: sa.Row[Any]) -> AccessRequest:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         start_at=m["start_at"],
+        break_glass=bool(m["break_glass"]),
     )
 
 
@@ -155,6 +166,7 @@ def _grant_row(g: Grant) -> dict[str, Any]:
         "privilege": g.privilege,
         "retry_at": g.retry_at,
         "warned_at": g.warned_at,
+        "break_glass": g.break_glass,
     }
 
 
@@ -162,7 +174,50 @@ def _grant(row: sa.Row[Any]) -> Grant:
     m = dict(row._mapping)
     m["status"] = GrantStatus(m["status"])
     m["end_reason"] = EndReason(m["end_reason"]) if m["end_reason"] else None
+    m["break_glass"] = bool(m["break_glass"])
     return Grant(**m)
+
+
+def _kit(row: sa.Row[Any]) -> KitInfo:
+    m = row._mapping
+    kit = kit_from_public_data(m["data"])
+    return dataclasses.replace(
+        kit, spent_at=m["spent_at"], spent_by=m["spent_by"], retired_at=m["retired_at"]
+    )
+
+
+def _pir_row(r: PostIncidentReview) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "mode": str(r.mode),
+        "user_id": r.user_id,
+        "role": r.role,
+        "target": r.target,
+        "justification": r.justification,
+        "used_at": r.used_at,
+        "opened_at": r.opened_at,
+        "due_at": r.due_at,
+        "reviewers": list(r.reviewers),
+        "grant_id": r.grant_id,
+        "request_id": r.request_id,
+        "record_id": r.record_id,
+        "kit_id": r.kit_id,
+        "status": str(r.status),
+        "verdict": str(r.verdict) if r.verdict else None,
+        "comment": r.comment,
+        "closed_by": r.closed_by,
+        "closed_at": r.closed_at,
+        "overdue_alerted_at": r.overdue_alerted_at,
+    }
+
+
+def _pir(row: sa.Row[Any]) -> PostIncidentReview:
+    m = dict(row._mapping)
+    m["mode"] = BreakGlassMode(m["mode"])
+    m["status"] = ReviewStatus(m["status"])
+    m["verdict"] = ReviewVerdict(m["verdict"]) if m["verdict"] else None
+    m["reviewers"] = tuple(m["reviewers"])
+    return PostIncidentReview(**m)
 
 
 def _alert(row: sa.Row[Any]) -> AlertState:
@@ -444,6 +499,107 @@ class SqlTx:
             .with_for_update(skip_locked=True)
         )
         return [_grant(row) for row in self._c.execute(q)]
+
+    # break-glass -----------------------------------------------------------------------------
+    def add_kit(self, kit: KitInfo) -> None:
+        """Insert a break-glass kit's public description."""
+        self._insert(
+            t.break_glass_kits.insert().values(
+                id=kit.id,
+                created_at=kit.created_at,
+                data=kit.public_data(),
+                spent_at=kit.spent_at,
+                spent_by=kit.spent_by,
+                retired_at=kit.retired_at,
+            ),
+            f"break-glass kit {kit.id}",
+        )
+
+    def get_kit(self, kit_id: str) -> KitInfo:
+        """The kit; raises NotFound."""
+        row = self._c.execute(
+            sa.select(t.break_glass_kits).where(t.break_glass_kits.c.id == kit_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no break-glass kit {kit_id!r}", kit_id=kit_id)
+        return _kit(row)
+
+    def save_kit(self, kit: KitInfo) -> None:
+        """Update a kit's spent/retired marks."""
+        self._update(
+            t.break_glass_kits.update()
+            .where(t.break_glass_kits.c.id == kit.id)
+            .values(spent_at=kit.spent_at, spent_by=kit.spent_by, retired_at=kit.retired_at),
+            f"break-glass kit {kit.id!r}",
+        )
+
+    def kits(self) -> list[KitInfo]:
+        """Every kit, newest first."""
+        k = t.break_glass_kits.c
+        q = sa.select(t.break_glass_kits).order_by(k.created_at.desc(), k.id)
+        return [_kit(row) for row in self._c.execute(q)]
+
+    def add_post_incident_review(self, review: PostIncidentReview) -> None:
+        """Insert a review; Conflict if its id or offline record was seen before."""
+        self._insert(
+            t.post_incident_reviews.insert().values(**_pir_row(review)),
+            f"a post-incident review of {review.record_id or review.grant_id}",
+        )
+
+    def get_post_incident_review(self, review_id: str, *, lock: bool = False) -> PostIncidentReview:
+        """The review; raises NotFound."""
+        q = sa.select(t.post_incident_reviews).where(t.post_incident_reviews.c.id == review_id)
+        row = self._c.execute(q.with_for_update() if lock else q).first()
+        if row is None:
+            raise NotFound(f"no post-incident review {review_id!r}", review_id=review_id)
+        return _pir(row)
+
+    def save_post_incident_review(self, review: PostIncidentReview) -> None:
+        """Update an existing review."""
+        row = _pir_row(review)
+        del row["id"]
+        self._update(
+            t.post_incident_reviews.update()
+            .where(t.post_incident_reviews.c.id == review.id)
+            .values(**row),
+            f"post-incident review {review.id!r}",
+        )
+
+    def post_incident_reviews(
+        self, *, status: ReviewStatus | None = None, limit: int = 1000
+    ) -> list[PostIncidentReview]:
+        """Reviews, newest first."""
+        p = t.post_incident_reviews.c
+        q = sa.select(t.post_incident_reviews)
+        if status is not None:
+            q = q.where(p.status == str(status))
+        q = q.order_by(p.opened_at.desc(), p.id).limit(limit)
+        return [_pir(row) for row in self._c.execute(q)]
+
+    def review_for_record(self, record_id: str) -> PostIncidentReview | None:
+        """The review opened when this offline record was imported, if it was."""
+        row = self._c.execute(
+            sa.select(t.post_incident_reviews).where(
+                t.post_incident_reviews.c.record_id == record_id
+            )
+        ).first()
+        return _pir(row) if row is not None else None
+
+    def claim_overdue_reviews(self, now: datetime, limit: int) -> list[PostIncidentReview]:
+        """Open reviews due at or before ``now`` not yet alerted as overdue; locked."""
+        p = t.post_incident_reviews.c
+        q = (
+            sa.select(t.post_incident_reviews)
+            .where(
+                p.status == str(ReviewStatus.OPEN),
+                p.due_at <= now,
+                p.overdue_alerted_at.is_(None),
+            )
+            .order_by(p.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_pir(row) for row in self._c.execute(q)]
 
     # alerts ----------------------------------------------------------------------------------
     def save_alert(

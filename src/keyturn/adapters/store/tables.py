@@ -49,6 +49,7 @@ access_requests = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("start_at", UTCDateTime),
+    sa.Column("break_glass", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_requests_status_start", "status", "start_at"),
     sa.Index("ix_requests_requester_role_created", "requester_id", "role", "created_at"),
 )
@@ -95,6 +96,7 @@ grants = sa.Table(
     sa.Column("privilege", sa.String(1024)),
     sa.Column("retry_at", UTCDateTime),
     sa.Column("warned_at", UTCDateTime),
+    sa.Column("break_glass", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_grants_status_not_after", "status", "not_after"),
     sa.Index("ix_grants_privilege", "provider", "privilege", "user_id", "status"),
 )
@@ -135,6 +137,43 @@ alert_targets = sa.Table(
     ),
     sa.Column("target", sa.String(64), primary_key=True),
     sa.Index("ix_alert_targets_target", "target"),
+)
+
+break_glass_kits = sa.Table(
+    "break_glass_kits",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("spent_at", UTCDateTime),
+    sa.Column("spent_by", sa.String(40)),
+    sa.Column("retired_at", UTCDateTime),
+)
+
+post_incident_reviews = sa.Table(
+    "post_incident_reviews",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("justification", sa.Text, nullable=False),
+    sa.Column("used_at", UTCDateTime, nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("reviewers", sa.JSON, nullable=False),
+    sa.Column("grant_id", sa.String(40)),
+    sa.Column("request_id", sa.String(40)),
+    sa.Column("record_id", sa.String(40), unique=True),
+    sa.Column("kit_id", sa.String(40)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("verdict", sa.String(16)),
+    sa.Column("comment", sa.Text),
+    sa.Column("closed_by", sa.String(64)),
+    sa.Column("closed_at", UTCDateTime),
+    sa.Column("overdue_alerted_at", UTCDateTime),
+    sa.Index("ix_pir_status_due", "status", "due_at"),
 )
 
 audit_events = sa.Table(

@@ -21,12 +21,15 @@ from keyturn import __version__
 from keyturn.bootstrap import App
 from keyturn.config import UserConfig
 from keyturn.domain.alerts import is_firing
+from keyturn.domain.break_glass import RECORD_MAX_BYTES
 from keyturn.domain.durations import parse_iso_duration
 from keyturn.domain.errors import Forbidden, InvalidInput, TooLarge, Unauthenticated
 from keyturn.domain.model import GrantStatus, RequestStatus, Verdict, decision_to_data
 from keyturn.entrypoints.api import problems
 from keyturn.entrypoints.api.schemas import (
     AccessRequestBody,
+    BreakGlassBody,
+    CloseReviewBody,
     CommentBody,
     ExplainBody,
     ExtendBody,
@@ -35,11 +38,13 @@ from keyturn.entrypoints.api.schemas import (
     render_always_on,
     render_event,
     render_grant,
+    render_post_incident_review,
     render_request,
     render_standing,
 )
-from keyturn.service import access, alerts, audit_log, grants, standing
+from keyturn.service import access, alerts, audit_log, break_glass, grants, standing
 from keyturn.service.access import RequestInput
+from keyturn.service.break_glass import BreakGlassInput
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -126,9 +131,19 @@ def create_app(app: App) -> FastAPI:
                 "oncall": {
                     name: {"state": st["state"], "last_success": st["last_success"]}
                     for name, st in app.oncall_status().items()
-                }
+                },
+                "break_glass": _kit_details(),
             },
         }
+
+    def _kit_details() -> dict[str, Any]:
+        """The offline kit's state for ``/readyz``: ``none``, ``ready`` or ``spent`` (used and
+        not yet rotated); never makes Keyturn unready."""
+        try:
+            status = break_glass.kit_status(deps)
+        except Exception as exc:  # readiness reports any failure as a detail
+            return {"state": f"unknown: {type(exc).__name__}"}
+        return {k: status.get(k) for k in ("state", "kit_id", "spent_at")}
 
     @api.get("/v1/whoami", tags=["identity"])
     def whoami(user: User) -> dict[str, Any]:
@@ -153,6 +168,53 @@ def create_app(app: App) -> FastAPI:
             start=body.start,
         )
         return render_request(access.request_access(deps, user, data), user.id)
+
+    @api.post("/v1/break-glass", status_code=201, tags=["break-glass"])
+    def create_break_glass(body: BreakGlassBody, user: User) -> dict[str, Any]:
+        """Emergency access without review, for members of the role's break-glass group: capped
+        by the role's ``break_glass.max_duration``, justification mandatory, approvers and
+        security told at once, a post-incident review opened."""
+        data = BreakGlassInput(
+            role=body.role,
+            target=body.target,
+            justification=body.justification,
+            duration=parse_iso_duration(body.duration) if body.duration is not None else None,
+            ssh_public_key=body.ssh_public_key,
+        )
+        view = break_glass.break_glass(deps, user, data)
+        return {
+            "request": render_request(view.access, user.id),
+            "review": render_post_incident_review(view.review, deps.clock.now()),
+        }
+
+    @api.get("/v1/break-glass/reviews", tags=["break-glass"])
+    def list_incident_reviews(user: User, all: bool = False) -> dict[str, Any]:
+        """Post-incident reviews you may see (open ones unless ``all``), newest first."""
+        now = deps.clock.now()
+        rows = break_glass.list_reviews(deps, user, open_only=not all)
+        return {"items": [render_post_incident_review(r, now) for r in rows]}
+
+    @api.post("/v1/break-glass/reviews/{review_id}/close", tags=["break-glass"])
+    def close_incident_review(review_id: str, body: CloseReviewBody, user: User) -> dict[str, Any]:
+        """Close a post-incident review with a verdict and a comment (never by the user who broke
+        glass; admins and the review's reviewers)."""
+        review = break_glass.close_review(deps, user, review_id, body.verdict, body.comment)
+        return render_post_incident_review(review, deps.clock.now())
+
+    @api.post("/v1/break-glass/records", status_code=201, tags=["break-glass"])
+    async def import_record(request: Request, user: User) -> dict[str, Any]:
+        """Admin: import an offline break-glass record (the file ``keyturn break-glass offline``
+        wrote, as the body): verified against its kit's key, appended to the audit chain, its
+        post-incident review opened, the kit marked spent. A record is imported once."""
+        raw = await _capped_body(request, RECORD_MAX_BYTES)
+        review = await run_in_threadpool(break_glass.import_record, deps, user, raw)
+        return render_post_incident_review(review, deps.clock.now())
+
+    @api.get("/v1/break-glass/kit", tags=["break-glass"])
+    def kit(_user: User) -> dict[str, Any]:
+        """The offline kit in force: ``state`` none, ready or spent (rotate it), its id and
+        fingerprint. Never a share."""
+        return break_glass.kit_status(deps)
 
     @api.post("/v1/policy/explain", tags=["policy"])
     def explain(body: ExplainBody, user: User) -> dict[str, Any]:
@@ -213,6 +275,15 @@ def create_app(app: App) -> FastAPI:
         elevation; the definition is in the response and under ``reports.always_on``)."""
         rows = standing.always_on_report(deps, user)
         return render_always_on(rows, deps.config.reports.always_on)
+
+    @api.get("/v1/reports/break-glass", tags=["reports"])
+    def report_break_glass(user: User) -> dict[str, Any]:
+        """Admin: every break-glass use (online and imported offline) with its post-incident
+        review, overdue ones flagged; totals; the offline kit's state."""
+        data = break_glass.report(deps, user)
+        now = deps.clock.now()
+        data["reviews"] = [render_post_incident_review(r, now) for r in data["reviews"]]
+        return data
 
     @api.post("/v1/admin/reload", tags=["admin"])
     def reload(user: User) -> dict[str, Any]:
@@ -332,8 +403,10 @@ def create_app(app: App) -> FastAPI:
 
     @api.get("/v1/ssh/ca", tags=["ssh"], response_class=Response)
     def ssh_ca(_user: User) -> Response:
-        """The user CA line for targets' ``TrustedUserCAKeys``."""
-        return Response(app.ssh.ca_public_line + "\n", media_type="text/plain")
+        """The CA lines for targets' ``TrustedUserCAKeys``: Keyturn's user CA, then the offline
+        break-glass kit's CA when one is in force (a rotated kit's line is dropped)."""
+        lines = [app.ssh.ca_public_line, *break_glass.served_ca_lines(deps)]
+        return Response("".join(line + "\n" for line in lines), media_type="text/plain")
 
     @api.get("/v1/ssh/krl", tags=["ssh"], response_class=Response)
     def ssh_krl(_user: User) -> Response:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from keyturn.config import AlwaysOnConfig
 from keyturn.domain.audit import AuditEvent, format_time
+from keyturn.domain.break_glass import PostIncidentReview, ReviewVerdict
 from keyturn.domain.durations import to_iso_duration
 from keyturn.domain.history import AlwaysOnRow
 from keyturn.domain.model import Grant, Review, decision_to_data
@@ -58,6 +59,26 @@ class ReconcileBody(_Body):
     dry_run: bool = False
 
 
+class BreakGlassBody(_Body):
+    """``POST /v1/break-glass``: emergency access without review (members of the role's
+    break-glass group only)."""
+
+    role: str = Field(max_length=64)
+    target: str = Field(max_length=64)
+    justification: str = Field(max_length=20_000)
+    duration: str | None = Field(
+        default=None, max_length=32, description="ISO 8601 duration; default: the role's cap"
+    )
+    ssh_public_key: str | None = Field(default=None, max_length=20_000)
+
+
+class CloseReviewBody(_Body):
+    """``POST /v1/break-glass/reviews/{id}/close``."""
+
+    verdict: ReviewVerdict
+    comment: str = Field(max_length=20_000)
+
+
 class CommentBody(_Body):
     """Body of approve, deny and cancel."""
 
@@ -88,7 +109,34 @@ def render_grant(grant: Grant, *, show_credentials: bool) -> dict[str, Any]:
         "last_error": grant.last_error,
         "retry_at": _time(grant.retry_at),
         "privilege": grant.privilege,
+        "break_glass": grant.break_glass,
         "credentials": dict(grant.credentials) if show_credentials else {},
+    }
+
+
+def render_post_incident_review(review: PostIncidentReview, now: datetime) -> dict[str, Any]:
+    """A post-incident review of a break-glass use; ``overdue``: open and past ``due_at``."""
+    return {
+        "id": review.id,
+        "mode": str(review.mode),
+        "user": review.user_id,
+        "role": review.role,
+        "target": review.target,
+        "justification": review.justification,
+        "used_at": _time(review.used_at),
+        "opened_at": _time(review.opened_at),
+        "due_at": _time(review.due_at),
+        "status": str(review.status),
+        "overdue": review.overdue(now),
+        "reviewers": list(review.reviewers),
+        "grant_id": review.grant_id,
+        "request_id": review.request_id,
+        "record_id": review.record_id,
+        "kit_id": review.kit_id,
+        "verdict": str(review.verdict) if review.verdict else None,
+        "comment": review.comment,
+        "closed_by": review.closed_by,
+        "closed_at": _time(review.closed_at),
     }
 
 
@@ -134,6 +182,7 @@ def render_request(view: RequestView, viewer_id: str) -> dict[str, Any]:
         "justification": r.justification,
         "ticket": r.ticket,
         "status": str(r.status),
+        "break_glass": r.break_glass,
         "start_at": _time(r.start_at),
         "created_at": _time(r.created_at),
         "updated_at": _time(r.updated_at),
