@@ -249,6 +249,8 @@ LDAP_MODULE_DIR = Path("/usr/lib/ldap")
 LDAP_SCHEMA_DIR = Path("/etc/ldap/schema")
 LDAP_SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
 MDB_MAXSIZE = 1 << 30  # bytes (1 GiB): the mdb map size, sparse on disk
+EMERGENCY_UID = "breakglass"
+"""The uid of the lab directory's emergency account (``break_glass.directory_account``)."""
 LDAP_TIMEOUT = 5.0  # seconds: connect and per-operation timeout of :meth:`Slapd.connect`
 GROUP_MEMBER_ATTRIBUTE = {"groupOfNames": "member", "groupOfUniqueNames": "uniqueMember"}
 
@@ -282,8 +284,9 @@ class Slapd:
     ``uid``), ``ou=groups`` (groupOfNames / groupOfUniqueNames) and ``ou=services`` holding the
     service account ``cn=keyturn`` (password ``service_password``). The root DN
     ``cn=admin,<suffix>`` (password ``root_password``) bypasses all ACLs. ACLs: the service
-    account may write ``member`` / ``uniqueMember`` under ``ou=groups`` and only read
-    elsewhere; every bound identity may read (passwords excepted); anonymous may only bind.
+    account may write ``member`` / ``uniqueMember`` under ``ou=groups`` and the password of
+    the emergency account :attr:`emergency_dn`, and only read elsewhere; every bound identity
+    may read (passwords excepted); anonymous may only bind.
 
     Args:
         workdir: a private directory for ``slapd.conf``, ``slapd.log``, the pid/args files and
@@ -317,6 +320,12 @@ class Slapd:
     def service_dn(self) -> str:
         """``cn=keyturn,ou=services,<suffix>``: Keyturn's own bind DN."""
         return child_dn("cn", "keyturn", child_dn("ou", "services", self.suffix))
+
+    @property
+    def emergency_dn(self) -> str:
+        """The emergency (break-glass) account ``uid=breakglass,ou=people,…``: Keyturn's service
+        DN may replace its password (RFC 3062), nobody may read it."""
+        return child_dn("uid", EMERGENCY_UID, self.people_base)
 
     @property
     def people_base(self) -> str:
@@ -382,6 +391,10 @@ class Slapd:
                 "index uniqueMember eq",
                 "overlay memberof",
                 "",
+                f'access to dn.exact="{self.emergency_dn}" attrs=userPassword',
+                f'    by dn.exact="{service}" write',
+                "    by anonymous auth",
+                "    by * none",
                 "access to attrs=userPassword",
                 "    by anonymous auth",
                 "    by * none",
@@ -551,8 +564,18 @@ class Slapd:
         return values
 
 
-EXAMPLE_DIRECTORY_USERS = ("alice", "bob", "carol", "dave", "mallory", "sam", "svc-backup")
-"""Users of ``examples/keyturn.yaml`` plus the service account the example groups allowlist."""
+EXAMPLE_DIRECTORY_USERS = (
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "mallory",
+    "sam",
+    "svc-backup",
+    EMERGENCY_UID,
+)
+"""Users of ``examples/keyturn.yaml``, the service account the example groups allowlist, and the
+emergency account whose password a break-glass kit seals (Keyturn's bind may set it)."""
 
 
 def example_directory(workdir: Path) -> Slapd:
