@@ -9,9 +9,12 @@ state). Exits 0 only if every outcome is the expected one.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,7 +26,6 @@ import yaml
 from rich.console import Console
 
 from keyturn import bootstrap
-from keyturn.adapters.providers.ssh_ca import public_key_path
 from keyturn.config import normalize_dn, parse_config
 from keyturn.domain.errors import Forbidden, KeyturnError
 from keyturn.entrypoints import cli_render as render
@@ -41,6 +43,7 @@ from keyturn.lab import (
     make_user_key,
     ssh_login,
 )
+from keyturn.service import break_glass
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
 ALERTMANAGER = "alertmanager"  # the key of the webhook token among the demo's tokens
@@ -70,6 +73,8 @@ class Story:
 def _config(
     tmp: Path, port: int, tokens: dict[str, str], sshd_ports: dict[str, int], ldap_url: str
 ) -> Any:
+    """The example configuration with the demo's ports, paths and tokens; also written to
+    ``tmp/keyturn.yaml`` (the file the offline break-glass command reads)."""
     data = yaml.safe_load(EXAMPLE.read_text())
     data["ldap"]["url"] = ldap_url
     data["store"] = {"url": f"sqlite:///{tmp / 'keyturn.db'}"}
@@ -84,7 +89,9 @@ def _config(
         schedule["ical"] = str(EXAMPLE.parent / schedule["ical"])
     data["policy"]["tests"] = str(EXAMPLE.parent / data["policy"]["tests"])
     data["alerts"]["bearer_token_sha256"] = token_digest(tokens[ALERTMANAGER])
+    data["break_glass"]["kit_path"] = str(tmp / "ca" / "break-glass-kit.json")
     raw = yaml.safe_dump(data).encode()
+    (tmp / "keyturn.yaml").write_bytes(raw)
     return parse_config(data, source="examples/keyturn.yaml (demo overrides)", raw=raw)
 
 
@@ -127,15 +134,16 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
     }
     ca_dir = tmp / "ca"
     krl = ca_dir / "revoked.krl"
+    trusted = tmp / "targets" / "trusted_user_ca_keys"  # what GET /v1/ssh/ca served them
     db1 = Sshd(
         tmp / "sshd-db-1",
-        public_key_path(ca_dir / "user_ca"),
+        trusted,
         krl,
         ["server-admin@db-1", "db-schema-admin@db-1", "db-admin@db-1"],
     )
     db2 = Sshd(
         tmp / "sshd-db-2",
-        public_key_path(ca_dir / "user_ca"),
+        trusted,
         krl,
         ["server-admin@db-2", "db-schema-admin@db-2"],
     )
@@ -149,8 +157,10 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         directory.stop()
         raise
     record_start(wired, "api")
-    server = Server(wired, "127.0.0.1", port)
-    server.start()
+    trusted.parent.mkdir(parents=True, exist_ok=True)
+    trusted.write_text(wired.ssh.ca_public_line + "\n")
+    servers = [Server(wired, "127.0.0.1", port)]
+    servers[0].start()
     monitoring = Alertmanager(
         tmp / "alertmanager",
         f"http://127.0.0.1:{port}/v1/webhooks/alertmanager",
@@ -180,11 +190,22 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
                 directory=directory,
                 window_s=window_s,
             )
+            _break_glass_scene(
+                story,
+                tmp=tmp,
+                wired=wired,
+                servers=servers,
+                clients=clients,
+                alice_key=keys["alice"],
+                db1=db1,
+                trusted=trusted,
+            )
+            _verify_and_timeline(story, clients["sam"])
         finally:
             for client in clients.values():
                 client.close()
     finally:
-        server.stop()
+        servers[-1].stop()
         monitoring.stop()
         db1.stop()
         db2.stop()
@@ -351,13 +372,106 @@ def _scene(
     _wait_for_status(clients["sam"], alice_group, "revoked", timeout=20)
     _ldap_search(story, directory, "alice", "after her window", expected="not a member")
 
-    verify = clients["sam"].call("GET", "/v1/audit/verify")
+
+def _verify_and_timeline(story: Story, auditor: Client) -> None:
+    verify = auditor.call("GET", "/v1/audit/verify")
     story.expect(
         f"keyturn audit verify ({verify['events']} events)",
         "ok" if verify["ok"] else "broken",
         "ok",
     )
-    _timeline(story, clients["sam"])
+    _timeline(story, auditor)
+
+
+def _break_glass_scene(
+    story: Story,
+    *,
+    tmp: Path,
+    wired: bootstrap.App,
+    servers: list[Server],
+    clients: dict[str, Client],
+    alice_key: Path,
+    db1: Sshd,
+    trusted: Path,
+) -> None:
+    """Keyturn is down; alice breaks glass with two custodians' shares; Keyturn comes back, the
+    record is imported, the review opens, the kit is rotated and its certificates stop working."""
+    kit, shares = break_glass.create_kit(wired.deps, "demo", threshold=2, shares=5)
+    kit_file = Path(wired.deps.config.break_glass.kit_path)
+    kit_file.write_text(json.dumps(kit.public_data(), indent=2) + "\n")
+    trusted.write_text(clients["sam"].call("GET", "/v1/ssh/ca"))
+    story.say(
+        f"break-glass kit {kit.id}: 5 shares on paper, any 2 rebuild the key; targets now trust "
+        "the kit's CA line next to Keyturn's (GET /v1/ssh/ca)"
+    )
+    servers[-1].stop()
+    story.say("02:50 Keyturn itself is down (server stopped); alice breaks glass offline")
+    offline_config = tmp / "offline.yaml"
+    config_data = yaml.safe_load((tmp / "keyturn.yaml").read_text())
+    config_data["store"] = {"url": f"sqlite:///{tmp / 'nowhere' / 'absent.db'}"}
+    offline_config.write_text(yaml.safe_dump(config_data))
+    result = _run_cli(
+        "break-glass",
+        "offline",
+        "-c",
+        str(offline_config),
+        "--kit",
+        str(kit_file),
+        "--role",
+        "db-admin",
+        "--target",
+        "db-1",
+        "--ssh-key",
+        str(alice_key.with_name(alice_key.name + ".pub")),
+        "--justification",
+        "Keyturn and the primary are down; failing over db-1 by hand",
+        "--name",
+        "alice",
+        "--for",
+        "10m",
+        "--out",
+        str(tmp / "break-glass-record.json"),
+        stdin=f"{shares[1]}\n{shares[4]}\n",
+    )
+    story.expect(
+        "keyturn break-glass offline with shares 2 and 5 (typed by the demo)",
+        "signed" if result.returncode == 0 else f"failed: {result.stderr.strip()[-200:]}",
+        "signed",
+    )
+    if result.returncode != 0:
+        return
+    _ssh(story, "alice (offline cert)", db1, alice_key, target="db-1", expected="accepted")
+    record = tmp / "break-glass-record.json"
+    servers.append(Server(wired, "127.0.0.1", servers[-1].uvicorn.config.port))
+    servers[-1].start()
+    story.say("03:20 Keyturn is back; sam imports the record")
+    review = clients["sam"].call(
+        "POST",
+        "/v1/break-glass/records",
+        content=record.read_bytes(),
+        headers={"Content-Type": "application/json"},
+    )
+    story.expect("record imported, post-incident review", review["status"], "open")
+    state = clients["sam"].call("GET", "/v1/break-glass/kit")["state"]
+    story.expect("the kit", state, "spent")
+    new_kit, _ = break_glass.create_kit(wired.deps, "demo", threshold=2, shares=5, rotate=True)
+    trusted.write_text(clients["sam"].call("GET", "/v1/ssh/ca"))
+    story.say(f"kit rotated to {new_kit.id}; targets refreshed their CA lines")
+    _ssh(story, "alice (old kit's cert)", db1, alice_key, target="db-1", expected="refused")
+
+
+def _run_cli(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``keyturn`` command line of this interpreter (no server URL, no token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    return subprocess.run(
+        [sys.executable, "-c", "from keyturn.entrypoints.cli import main; main()", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=env,
+    )
 
 
 DB_ADMINS = "cn=db-admins,ou=groups,dc=example,dc=org"
@@ -426,6 +540,10 @@ def _timeline(story: Story, auditor: Client) -> None:
             extra = f"granted in {d['time_to_grant_ms']} ms, until {d['not_after']}"
         elif e["action"] in ("grant.expired", "grant.revoked", "grant.released"):
             extra = "verified" if d.get("verified") else ""
+        elif e["action"] == "break_glass.imported":
+            extra = f"offline record {d['record']['id']}; review {d['review_id']} open"
+        elif e["action"] in ("break_glass.kit_created", "break_glass.kit_rotated"):
+            extra = f"kit {d['kit_id']} ({d['threshold']} of {d['shares']} shares)"
         elif e["action"] == "reconcile.finding":
             extra = f"{d['kind']}: {e['subject']['identity']} ({d['action']})"
         who = e["subject"].get("user_id", "")
