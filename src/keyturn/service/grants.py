@@ -218,8 +218,8 @@ def extend(deps: Deps, actor: UserConfig, grant_id: str, extra: timedelta) -> Gr
 
     Raises:
         InvalidInput: ``extra`` is not positive, or the total would exceed the role's maximum.
-        NotFound: no such grant. Forbidden: not the actor's grant, or the policy does not
-        auto-approve the longer window. Conflict: the grant is not active or has expired.
+        NotFound: no such grant. Forbidden: not the actor's grant, a break-glass grant (capped
+        by design), or the policy does not auto-approve the longer window. Conflict: the grant is not active or has expired.
         ProviderError: new credentials could not be issued (nothing changed).
     """
     if extra <= timedelta(0):
@@ -237,6 +237,12 @@ def extend(deps: Deps, actor: UserConfig, grant_id: str, extra: timedelta) -> Gr
                 state=state,
             )
         request = tx.get_request(grant.request_id)
+    if grant.break_glass:
+        raise Forbidden(
+            "a break-glass grant cannot be extended (its cap is the point); break glass again "
+            "or request access the usual way",
+            grant_id=grant_id,
+        )
     decision_rule = _check_extension(
         deps, actor=actor, grant=grant, request=request, extra=extra, now=now
     )
