@@ -123,7 +123,7 @@ def new_kit(
     kit_id = kit_id_for(public)
     kit = KitInfo(
         id=kit_id,
-        created_at=now,
+        created_at=now.replace(microsecond=0),  # as the kit file and every store keep it
         public_key=ca_line(public),
         fingerprint=fingerprint(public),
         identifier=Share.from_mnemonic(mnemonics[0]).identifier,

@@ -37,6 +37,9 @@ RECORD_CONTEXT = b"keyturn break-glass record v1\n"
 """Domain separation: a record signature can never be mistaken for an SSH signature."""
 RECORD_VERSION = 1
 RECORD_MAX_BYTES = 64 * 1024
+RECORD_MAX_DEPTH = 8
+"""A record file nests three levels (file → ``record`` → ``principals``); deeper is refused
+before anything recurses over it (the JSON parser and RFC 8785 canonicalisation both do)."""
 _NAME = re.compile(NAME_PATTERN)
 _RECORD_ID = re.compile(r"^bg_[0-9a-f]{20}$")
 _KIT_ID = re.compile(r"^kit_[0-9a-f]{16}$")
@@ -311,6 +314,10 @@ def read_record(raw: bytes) -> tuple[dict[str, Any], str]:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput("the record is not JSON", field="record") from exc
+    except RecursionError as exc:  # e.g. 60 000 '[' fit in the size limit
+        raise InvalidInput("the record is nested too deeply", field="record") from exc
+    if _nested_deeper(document, RECORD_MAX_DEPTH):
+        raise InvalidInput("the record is nested too deeply", field="record")
     if not isinstance(document, dict) or set(document) != {"record", "signature"}:
         raise InvalidInput(
             "a break-glass record has exactly the keys 'record' and 'signature'", field="record"
@@ -319,6 +326,25 @@ def read_record(raw: bytes) -> tuple[dict[str, Any], str]:
     if not isinstance(record, dict) or not isinstance(signature, str):
         raise InvalidInput("the record's shape is wrong", field="record")
     return record, signature
+
+
+def _nested_deeper(value: object, limit: int) -> bool:
+    """True if ``value`` nests lists/objects more than ``limit`` levels (iteratively)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            members = list(item.values())
+        elif isinstance(item, list):
+            members = item
+        else:
+            continue
+        for child in members:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def kit_of(record: dict[str, Any]) -> str:

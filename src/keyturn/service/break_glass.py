@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -129,7 +131,10 @@ def check_justification(config: KeyturnConfig, text: str) -> str:
         required=True,
     )
     minimum = config.break_glass.justification_min_length
-    if cleaned is None or len(cleaned) < minimum:
+    # Count what the user wrote, not its escaped form: five NUL bytes escape to twenty
+    # characters ("\\x00" each) but say nothing.
+    written = sum(1 for ch in text.strip() if unicodedata.category(ch)[0] != "C")
+    if cleaned is None or written < minimum:
         raise InvalidInput(
             f"a break-glass justification needs at least {minimum} characters: say what is "
             "broken and what you will do",
@@ -525,31 +530,37 @@ def kit_status(deps: Deps) -> dict[str, Any]:
 
 
 def create_kit(
-    deps: Deps, actor: str, *, threshold: int, shares: int, rotate: bool = False
+    deps: Deps,
+    actor: str,
+    *,
+    threshold: int,
+    shares: int,
+    rotate: bool = False,
+    publish: Callable[[KitInfo], None] | None = None,
 ) -> tuple[KitInfo, list[str]]:
     """Make the offline kit (``rotate``: replace the one in force).
 
-    With ``break_glass.directory_account`` set, a new random password is set on that account
-    (RFC 3062) and read back by binding with it, then sealed in the kit: a password used from
-    the old kit is never valid again.
+    Order: the kit is made in memory; with ``break_glass.directory_account`` set, a new random
+    password is set on that account (RFC 3062), read back by binding with it, and sealed in the
+    kit (a password from the old kit is never valid again); ``publish`` writes the kit's public
+    file; only then is the kit stored (and the old one retired) in one transaction that checks
+    again that the kit in force did not change meanwhile. A failure before the commit stores
+    nothing and the old kit stays in force (if it comes after the password change, the account's
+    password is one nobody holds: run the command again).
 
     Returns:
         The kit (stored) and its shares (returned once; never stored or logged).
 
     Raises:
-        Conflict: a kit is in force and ``rotate`` is False, or none is and it is True.
+        Conflict: a kit is in force and ``rotate`` is False, none is and it is True, or another
+            run changed the kit in force meanwhile.
         InvalidInput: threshold/shares out of range.
-        ProviderError: the directory refused the new password (nothing is stored then; the old
-            kit stays in force).
+        ProviderError: the directory refused the new password.
+        OSError: ``publish`` could not write the kit file.
     """
     now = deps.clock.now()
     current = kit_in_force(deps)
-    if current is not None and not rotate:
-        raise Conflict(
-            f"kit {current.id} is in force; replace it with 'keyturn break-glass kit rotate'"
-        )
-    if current is None and rotate:
-        raise Conflict("there is no kit to rotate; make one with 'keyturn break-glass kit create'")
+    _check_kit_change(current, rotate=rotate)
     sealed: dict[str, tuple[str, str]] = {}
     account = deps.config.break_glass.directory_account
     password = secrets.token_urlsafe(24) if account is not None else None
@@ -558,7 +569,14 @@ def create_kit(
     kit, mnemonics = new_kit(threshold=threshold, shares=shares, now=now, sealed=sealed)
     if account is not None and password is not None:
         _set_directory_password(deps, account, password)
+    if publish is not None:
+        publish(kit)
     with deps.store.transaction() as tx:
+        in_force = next((k for k in tx.kits() if k.retired_at is None), None)
+        if (in_force.id if in_force else None) != (current.id if current else None):
+            raise Conflict(
+                "the kit in force changed while this one was made; run the command again"
+            )
         tx.add_kit(kit)
         if current is not None:
             tx.save_kit(dataclasses.replace(current, retired_at=now))
@@ -577,6 +595,15 @@ def create_kit(
         action = "break_glass.kit_rotated" if current is not None else "break_glass.kit_created"
         tx.append_audit(AuditDraft(now, actor, action, {"kit_id": kit.id}, details))
     return kit, mnemonics
+
+
+def _check_kit_change(current: KitInfo | None, *, rotate: bool) -> None:
+    if current is not None and not rotate:
+        raise Conflict(
+            f"kit {current.id} is in force; replace it with 'keyturn break-glass kit rotate'"
+        )
+    if current is None and rotate:
+        raise Conflict("there is no kit to rotate; make one with 'keyturn break-glass kit create'")
 
 
 def _set_directory_password(deps: Deps, dn: str, password: str) -> None:

@@ -182,7 +182,11 @@ def _kit(row: sa.Row[Any]) -> KitInfo:
     m = row._mapping
     kit = kit_from_public_data(m["data"])
     return dataclasses.replace(
-        kit, spent_at=m["spent_at"], spent_by=m["spent_by"], retired_at=m["retired_at"]
+        kit,
+        created_at=m["created_at"],
+        spent_at=m["spent_at"],
+        spent_by=m["spent_by"],
+        retired_at=m["retired_at"],
     )
 
 
