@@ -83,8 +83,10 @@ def explanation(con: Console, d: dict[str, Any], *, facts: bool) -> None:
             f"{hist.get('hours_elevated_7d', 0)} h elevated in 7 days"
         )
         con.print(f"  now        {f['now']['timestamp']} (hour {f['now']['hour']})")
-    con.print("rules")
-    for step in d.get("trace", []):
+    trace = d.get("trace", [])
+    if trace:  # a break-glass decision evaluated no rule: no empty "rules" heading
+        con.print("rules")
+    for step in trace:
         mark = "MATCHED " if step["matched"] else "no match"
         con.print(f"  {mark} {step['rule']}: {step.get('why', step.get('error', ''))}")
         for clause in step.get("clauses", []):
