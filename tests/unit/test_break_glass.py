@@ -916,13 +916,14 @@ class TestImport:
         assert result.principals == ["db-admin@db-1"]
         assert result.key_id == f"break-glass:{result.record_id}:alice"
         assert result.not_after - clock.now() == CAP
+        signed_at = clock.now()
         clock.advance(timedelta(hours=6))
         review = bg.import_record(deps, user(deps, "sam"), result.record_text.encode())
         assert review.mode is BreakGlassMode.OFFLINE
         assert review.status is ReviewStatus.OPEN
         assert (review.user_id, review.role, review.target) == ("alice", "db-admin", "db-1")
         assert (review.record_id, review.kit_id) == (result.record_id, info.id)
-        assert review.used_at == result.not_before
+        assert review.used_at == signed_at  # when it was signed, not the skewed not_before
         assert review.opened_at == clock.now()
         assert review.due_at == clock.now() + DEADLINE
         assert review.reviewers == REVIEWERS

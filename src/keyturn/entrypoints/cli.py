@@ -191,6 +191,21 @@ def cert_path_for(key_path: Path) -> Path:
     return key_path.with_name(stem + "-cert.pub")
 
 
+def read_file(path: Path, option: str) -> str:
+    """The text of a file the user named (``--ssh-key``, a record file …).
+
+    Raises:
+        InvalidInput: it cannot be read (missing, unreadable, not UTF-8), naming the option.
+    """
+    from keyturn.domain.errors import InvalidInput
+
+    try:
+        return path.expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidInput(f"{option} {path}: cannot read it ({reason})", field=option) from exc
+
+
 def _write_certificate(data: dict[str, Any], key_path: Path | None) -> Path | None:
     grant = data.get("grant") or {}
     cert = (grant.get("credentials") or {}).get("ssh_certificate")
@@ -234,7 +249,7 @@ def request(
     if start is not None:
         body["start"] = _start_time(start)
     if ssh_key is not None:
-        body["ssh_public_key"] = ssh_key.expanduser().read_text()
+        body["ssh_public_key"] = read_file(ssh_key, "--ssh-key")
     data = c.client().call("POST", "/v1/requests", json=body)
     written = _write_certificate(data, ssh_key.expanduser() if ssh_key else None)
     c.emit(data, lambda con, d: render.request_detail(con, d, cert_path=written))

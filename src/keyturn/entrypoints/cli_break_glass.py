@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from keyturn.domain.break_glass import ReviewVerdict
+from keyturn.domain.break_glass import KitInfo, ReviewVerdict, format_record_time
 from keyturn.domain.durations import parse_short_duration, to_iso_duration
 from keyturn.domain.errors import InvalidInput
 from keyturn.entrypoints import cli_render as render
@@ -33,6 +33,7 @@ from keyturn.entrypoints.cli import (
     audit_app,
     cert_path_for,
     err,
+    read_file,
     report_app,
 )
 from keyturn.entrypoints.cli_errors import EXIT_DENIED
@@ -95,7 +96,7 @@ def use(
     if duration is not None:
         body["duration"] = to_iso_duration(parse_short_duration(duration))
     if ssh_key is not None:
-        body["ssh_public_key"] = ssh_key.expanduser().read_text()
+        body["ssh_public_key"] = read_file(ssh_key, "--ssh-key")
     data = c.client().call("POST", "/v1/break-glass", json=body)
     written = _write_certificate(data["request"], ssh_key.expanduser() if ssh_key else None)
     c.emit(data, lambda con, d: render.break_glass_result(con, d, cert_path=written))
@@ -174,7 +175,7 @@ def offline(
         )
     settings = load_config(config).config
     kit_info = _kit_file(kit)
-    public_key = ssh_key.expanduser().read_text()
+    public_key = read_file(ssh_key, "--ssh-key")
     checked = check_ask(
         settings,
         OfflineAsk(
@@ -188,6 +189,9 @@ def offline(
     )
     if reveal_password and (kit_info is None or SEALED_ACCOUNT not in kit_info.sealed):
         raise InvalidInput("--reveal-directory-password needs --kit with a sealed password")
+    if record_out is not None:
+        record_out = record_out.expanduser()
+        _check_new_file(record_out)
     collector = ShareCollector(kit_info)
     needed = collector.threshold
     err.print(
@@ -211,12 +215,10 @@ def offline(
     master = collector.master_secret()
     now = SystemClock().now()
     result = sign(settings, checked, master, now=now, kit=kit_info)
-    cert_path = cert_path_for(ssh_key.expanduser())
-    cert_path.write_text(result.certificate + "\n")
-    os.chmod(cert_path, 0o644)
-    record_path = record_out or Path(f"break-glass-{result.record_id}.json")
-    _write_new(record_path, result.record_text)
     password = unseal(master, kit_info, SEALED_ACCOUNT) if reveal_password else None
+    record_path = record_out or Path(f"break-glass-{result.record_id}.json")
+    cert_path = cert_path_for(ssh_key.expanduser())
+    _write_outputs(record_path, result.record_text, cert_path, result.certificate)
     data = {
         "record_id": result.record_id,
         "kit_id": result.kit_id,
@@ -228,12 +230,47 @@ def offline(
         "login": checked.target.login,
         "host": checked.target.host,
         "port": checked.target.port,
-        "not_after": result.not_after.isoformat().replace("+00:00", "Z"),
+        "not_after": format_record_time(result.not_after),
     }
     if password is not None and kit_info is not None:
         data["directory_account"] = kit_info.sealed[SEALED_ACCOUNT]["dn"]
         data["directory_password"] = password
     _ctx(ctx).emit(data, _offline_next_steps)
+
+
+def _write_outputs(record_path: Path, record: str, cert_path: Path, certificate: str) -> None:
+    """Write the record, then the certificate: a certificate is never left without its record.
+
+    Raises:
+        InvalidInput: either file cannot be written (saying what was written).
+    """
+    try:
+        _write_new(record_path, record)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot write the record {record_path} ({exc.strerror or exc}); no certificate was "
+            "written: run again with --out PATH in a writable directory",
+            field="out",
+        ) from exc
+    try:
+        cert_path.write_text(certificate + "\n")
+        os.chmod(cert_path, 0o644)
+    except OSError as exc:
+        raise InvalidInput(
+            f"the record {record_path} was written (import it when Keyturn is back), but the "
+            f"certificate could not be written to {cert_path} ({exc.strerror or exc})",
+            field="ssh_key",
+        ) from exc
+
+
+def _check_new_file(path: Path) -> None:
+    """Refuse, before any share is asked for, a record destination that cannot be created."""
+    if path.exists() or path.is_symlink():
+        raise InvalidInput(
+            f"--out {path}: the file exists; a record never replaces one", field="out"
+        )
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--out {path}: there is no directory {path.parent}", field="out")
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -262,8 +299,8 @@ def _offline_next_steps(con: Any, d: dict[str, Any]) -> None:
     con.print("  3. When Keyturn is back, an admin runs: keyturn audit import " + d["record_path"])
     con.print("     (it opens the post-incident review and tells approvers and security).")
     con.print(
-        "  4. The kit is now spent: an admin runs 'keyturn break-glass kit rotate' and hands out "
-        "new shares; old shares then open nothing."
+        "  4. The kit must now be rotated: an admin runs 'keyturn break-glass kit rotate' and "
+        "hands out new shares; old shares then open nothing."
     )
 
 
@@ -279,35 +316,50 @@ def _make_kit(
     from keyturn.service import break_glass
 
     wired = _load_app(config)
+    kit_path = wired.deps.config.break_glass.kit_path
     try:
         current = break_glass.kit_in_force(wired.deps)
+        # "is None", not "or": an explicit 0 must reach create_kit and be refused there.
         kit, mnemonics = break_glass.create_kit(
             wired.deps,
             f"local:{getpass.getuser()}",
-            threshold=threshold or (current.threshold if current else 2),
-            shares=shares or (current.shares if current else 5),
+            threshold=threshold if threshold is not None else (current.threshold if current else 2),
+            shares=shares if shares is not None else (current.shares if current else 5),
             rotate=rotate,
+            publish=lambda kit: _write_public(kit_path, kit),
         )
-        kit_path = wired.deps.config.break_glass.kit_path
-        _write_public(kit_path, json.dumps(kit.public_data(), indent=2) + "\n")
     finally:
         wired.close()
     data = {"kit": kit.public_data(), "shares": mnemonics, "kit_path": str(kit_path)}
     _ctx(ctx).emit(data, render.kit_shares)
 
 
-def _write_public(path: Path, text: str) -> None:
-    """Atomically replace ``path`` (mode 0644: the kit file holds no secret)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kit-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+def _write_public(path: Path, kit: KitInfo) -> None:
+    """Atomically replace the kit file ``path`` (mode 0644: it holds no secret). Called before
+    the kit is stored, so a kit is never in force without its file.
+
+    Raises:
+        InvalidInput: the file cannot be written (nothing was stored).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kit-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(kit.public_data(), indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InvalidInput(
+            f"break_glass.kit_path: cannot write {path} ({exc.strerror or exc}); no kit was made",
+            field="kit_path",
+        ) from exc
 
 
 SharesOpt = Annotated[int | None, typer.Option(help="How many shares (custodians), at most 16.")]
-ThresholdOpt = Annotated[int | None, typer.Option(help="How many shares rebuild the key (≥ 2).")]
+ThresholdOpt = Annotated[
+    int | None,
+    typer.Option(help="How many shares rebuild the key (≥ 2, unless there is a single share)."),
+]
 
 
 @kit_app.command("create")
@@ -378,7 +430,7 @@ def audit_import(
     """Admin: import an offline break-glass record into the audit chain (verified against the
     kit's key; once only) and open its post-incident review."""
     c = _ctx(ctx)
-    raw = record.expanduser().read_bytes()
+    raw = read_file(record, "RECORD").encode()
     data = c.client().call(
         "POST",
         "/v1/break-glass/records",

@@ -424,7 +424,7 @@ def import_record(deps: Deps, actor: UserConfig, raw: bytes) -> PostIncidentRevi
         role=record.role,
         target=record.target,
         justification=record.justification,
-        used_at=record.not_before,
+        used_at=record.signed_at,
         opened_at=now,
         due_at=now + deps.config.break_glass.review_deadline,
         reviewers=_reviewers(deps, approvers, record.name),

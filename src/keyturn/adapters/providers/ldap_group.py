@@ -388,9 +388,14 @@ class LdapGroupProvider:
     def check_password(self, dn: str, password: str) -> bool:
         """Read back: does a simple bind as ``dn`` with ``password`` succeed (own connection)?
 
+        An empty password is False without asking: a simple bind with a DN and no password is
+        an unauthenticated bind (RFC 4513 5.1.2), which some directories accept as anonymous.
+
         Raises:
             ProviderError: the directory cannot be reached (not a wrong password: that is False).
         """
+        if not password:
+            return False
         try:
             conn = self._bound(dn, password)
         except ldap.INVALID_CREDENTIALS:
