@@ -219,7 +219,8 @@ def extend(deps: Deps, actor: UserConfig, grant_id: str, extra: timedelta) -> Gr
     Raises:
         InvalidInput: ``extra`` is not positive, or the total would exceed the role's maximum.
         NotFound: no such grant. Forbidden: not the actor's grant, a break-glass grant (capped
-        by design), or the policy does not auto-approve the longer window. Conflict: the grant is not active or has expired.
+        by design), or the policy does not auto-approve the longer window. Conflict: the grant
+        is not active or has expired.
         ProviderError: new credentials could not be issued (nothing changed).
     """
     if extra <= timedelta(0):
