@@ -32,7 +32,8 @@ from keyturn.domain.break_glass import (
     line_fingerprint,
     sign_record,
 )
-from keyturn.domain.errors import InvalidInput
+from keyturn.domain.errors import Forbidden, InvalidInput
+from keyturn.domain.policy import is_eligible
 from keyturn.domain.ssh_keys import parse_user_public_key
 from keyturn.service.break_glass import break_glass_role, check_duration, check_justification
 
@@ -85,6 +86,8 @@ def check_ask(config: KeyturnConfig, ask: OfflineAsk) -> CheckedAsk:
         InvalidInput: unknown role or target; no break-glass for the role; a role that grants no
             SSH access; a name that is not a plain name; a duration above the cap; a missing or
             short justification; a bad public key.
+        Forbidden: the name is no user of the role's break-glass group, or that user is not
+            eligible for the role on the target (break-glass skips review, not eligibility).
     """
     role, settings = break_glass_role(config, ask.role)
     if role.provider != "ssh":
@@ -101,6 +104,14 @@ def check_ask(config: KeyturnConfig, ask: OfflineAsk) -> CheckedAsk:
         raise InvalidInput(
             "--name: your user id (letters, digits, '.', '_', '-'; at most 63)", field="name"
         )
+    person = config.user(name)
+    if person is None or settings.group not in person.groups:
+        raise Forbidden(
+            f"--name {name}: only members of group {settings.group} may break glass for role "
+            f"{role.name}"
+        )
+    if not is_eligible(config, person, role.name, target):
+        raise Forbidden(f"{name} is not eligible for role {role.name} on target {target.name}")
     duration = check_duration(role, settings, ask.duration)
     justification = check_justification(config, ask.justification)
     parse_user_public_key(ask.ssh_public_key)
@@ -122,8 +133,12 @@ def sign(
     now: datetime,
     kit: KitInfo | None = None,
     host: str | None = None,
+    sealed_opened: tuple[str, ...] = (),
 ) -> OfflineResult:
     """Sign the certificate and the record with the key rebuilt from ``master``.
+
+    ``sealed_opened`` names the sealed secrets opened with these shares (the directory
+    password): the record says so, and the import tells the reviewers.
 
     ``now`` comes from the clock adapter; the certificate is valid from ``now`` minus
     ``ssh_ca.clock_skew`` (targets whose clock is behind) until ``now + duration``.
@@ -166,6 +181,7 @@ def sign(
         "principals": principals,
         "user_key_fingerprint": line_fingerprint(ask.ssh_public_key),
         "host": (host if host is not None else socket.gethostname())[:253],
+        "sealed_opened": list(sealed_opened),
     }
     return OfflineResult(
         record_id=record_id,

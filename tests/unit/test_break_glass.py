@@ -926,7 +926,9 @@ class TestImport:
         assert review.used_at == signed_at  # when it was signed, not the skewed not_before
         assert review.opened_at == clock.now()
         assert review.due_at == clock.now() + DEADLINE
-        assert review.reviewers == REVIEWERS
+        assert review.imported_by == "sam"
+        assert review.reviewers == ("carol", "dave", "erin")  # the importer never reviews it
+        assert review.findings == ()
         assert stored_reviews(deps) == [review]
         [event] = events(deps, "break_glass.imported")
         assert event.actor == "sam"
@@ -1149,12 +1151,48 @@ class TestImport:
     def test_a_record_of_an_unknown_user_imports_flagged(
         self, deps: Deps, kit: tuple[KitInfo, list[str]]
     ) -> None:
-        """The name given offline need not be a configured user; the event says so."""
-        result = offline_record(deps, *kit, name="contractor-7")
+        """The offline command refuses a name outside the break-glass group, but a signer's
+        edited configuration could let one through: the record still imports (it is
+        evidence), flagged, and an alert goes out."""
+        with pytest.raises(Forbidden, match="breakglass-db"):
+            offline_record(deps, *kit, name="contractor-7")
+        checked = dataclasses.replace(check_ask(deps.config, offline_ask()), name="contractor-7")
+        master = rebuild(kit[0], kit[1], 1, 3)
+        result = sign(deps.config, checked, master, now=deps.clock.now(), kit=kit[0])
         review = bg.import_record(deps, user(deps, "sam"), result.record_text.encode())
         assert review.user_id == "contractor-7"
+        assert any("no member of break-glass group" in f for f in review.findings)
+        assert any("principals" in f for f in review.findings) is False
         [event] = events(deps, "break_glass.imported")
         assert event.details["known_user"] is False
+        assert event.details["findings"] == list(review.findings)
+
+    def test_a_record_beyond_the_cap_and_other_principals_is_flagged(
+        self, deps: Deps, kit: tuple[KitInfo, list[str]], notifier: RecordingNotifier
+    ) -> None:
+        """A signer's edited copy of the configuration (longer window, wider principals) is
+        caught at import: findings on the review and in the event, an operational alert."""
+        checked = check_ask(deps.config, offline_ask())
+        wide = checked.role.model_copy(
+            update={"ssh": checked.role.ssh.model_copy(update={"principals": ("root",)})}
+        )
+        checked = dataclasses.replace(checked, role=wide, duration=timedelta(days=3650))
+        master = rebuild(kit[0], kit[1], 1, 3)
+        result = sign(deps.config, checked, master, now=deps.clock.now(), kit=kit[0])
+        review = bg.import_record(deps, user(deps, "sam"), result.record_text.encode())
+        assert any("above the cap" in f for f in review.findings)
+        assert any("principals root instead of db-admin@db-1" in f for f in review.findings)
+        assert "break_glass_out_of_policy" in [a[0] for a in notifier.alerts]
+
+    def test_the_importing_admin_cannot_close_the_review(
+        self, deps: Deps, kit: tuple[KitInfo, list[str]]
+    ) -> None:
+        """An admin who imports a record (perhaps their own use under another name) never
+        closes its review."""
+        result = offline_record(deps, *kit)
+        review = bg.import_record(deps, user(deps, "sam"), result.record_text.encode())
+        with pytest.raises(Forbidden, match="you imported this record"):
+            bg.close_review(deps, user(deps, "sam"), review.id, ReviewVerdict.JUSTIFIED, "fine")
 
     def test_offline_review_is_closed_by_a_reviewer_not_the_user(
         self, deps: Deps, kit: tuple[KitInfo, list[str]]

@@ -78,6 +78,10 @@ class PostIncidentReview:
             security contacts who are users); never ``user_id``.
         used_at: when access began (aware UTC); ``due_at``: when the review is due.
         overdue_alerted_at: when the overdue alert went out (None: not yet).
+        imported_by: the admin who imported an offline record (never closes its review).
+        findings: what an imported record did outside the configuration in force (window above
+            the cap, other principals or login, a user outside the break-glass group, a retired
+            kit, a sealed secret opened); empty when it kept to it.
     """
 
     id: str
@@ -100,6 +104,8 @@ class PostIncidentReview:
     closed_by: str | None = None
     closed_at: datetime | None = None
     overdue_alerted_at: datetime | None = None
+    imported_by: str | None = None
+    findings: tuple[str, ...] = ()
 
     def overdue(self, now: datetime) -> bool:
         """Open and past its due time."""
@@ -265,6 +271,9 @@ class OfflineRecord:
     not_before: datetime
     not_after: datetime
     serial: str
+    login: str
+    principals: tuple[str, ...]
+    sealed_opened: tuple[str, ...]
     data: dict[str, Any]
     signature: str
     sha256: str
@@ -288,6 +297,7 @@ RECORD_FIELDS = (
     "principals",
     "user_key_fingerprint",
     "host",
+    "sealed_opened",
 )
 
 
@@ -379,9 +389,14 @@ def verify_record(
         ) from exc
     if set(record) != set(RECORD_FIELDS) or record.get("version") != RECORD_VERSION:
         raise InvalidInput("the record's fields are not those of version 1", field="record")
-    texts = {k: record[k] for k in RECORD_FIELDS if k not in ("version", "principals")}
+    lists = ("principals", "sealed_opened")
+    for name in lists:
+        value = record[name]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidInput(f"the record's {name} is not a list of text", field="record")
+    texts = {k: record[k] for k in RECORD_FIELDS if k != "version" and k not in lists}
     if not all(isinstance(v, str) for v in texts.values()):
-        raise InvalidInput("every record field but version and principals is text", field="record")
+        raise InvalidInput("the record's fields must be text", field="record")
     if not _RECORD_ID.match(record["id"]):
         raise InvalidInput("the record id is malformed", field="record")
     for name in ("name", "role", "target"):
@@ -405,6 +420,9 @@ def verify_record(
         not_before=not_before,
         not_after=not_after,
         serial=record["serial"],
+        login=record["login"],
+        principals=tuple(record["principals"]),
+        sealed_opened=tuple(record["sealed_opened"]),
         data=record,
         signature=signature,
         sha256=hashlib.sha256(signed_bytes(record)).hexdigest(),

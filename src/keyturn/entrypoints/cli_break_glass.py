@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import pwd
 import sys
 import tempfile
 from pathlib import Path
@@ -214,8 +215,9 @@ def offline(
             err.print(f"refused: {exc.message}")
     master = collector.master_secret()
     now = SystemClock().now()
-    result = sign(settings, checked, master, now=now, kit=kit_info)
     password = unseal(master, kit_info, SEALED_ACCOUNT) if reveal_password else None
+    opened = (SEALED_ACCOUNT,) if password is not None else ()
+    result = sign(settings, checked, master, now=now, kit=kit_info, sealed_opened=opened)
     record_path = record_out or Path(f"break-glass-{result.record_id}.json")
     cert_path = cert_path_for(ssh_key.expanduser())
     _write_outputs(record_path, result.record_text, cert_path, result.certificate)
@@ -300,7 +302,8 @@ def _offline_next_steps(con: Any, d: dict[str, Any]) -> None:
     con.print("     (it opens the post-incident review and tells approvers and security).")
     con.print(
         "  4. The kit must now be rotated: an admin runs 'keyturn break-glass kit rotate' and "
-        "hands out new shares; old shares then open nothing."
+        "hands out new shares; targets that refresh their CA lines then stop trusting the old "
+        "kit."
     )
 
 
@@ -322,7 +325,7 @@ def _make_kit(
         # "is None", not "or": an explicit 0 must reach create_kit and be refused there.
         kit, mnemonics = break_glass.create_kit(
             wired.deps,
-            f"local:{getpass.getuser()}",
+            f"local:{pwd.getpwuid(os.getuid()).pw_name}",
             threshold=threshold if threshold is not None else (current.threshold if current else 2),
             shares=shares if shares is not None else (current.shares if current else 5),
             rotate=rotate,

@@ -270,7 +270,11 @@ def review_detail(con: Console, r: dict[str, Any]) -> None:
     if r.get("grant_id"):
         con.print(f"grant      {r['grant_id']}")
     if r.get("record_id"):
-        con.print(f"record     {r['record_id']} (kit {r['kit_id']})")
+        con.print(
+            f"record     {r['record_id']} (kit {r['kit_id']}), imported by {r['imported_by']}"
+        )
+    for finding in r.get("findings", []):
+        con.print(f"FINDING    {finding}")
     if r["status"] == "closed":
         con.print(f"verdict    {r['verdict']} by {r['closed_by']} at {r['closed_at']}")
         con.print(f"comment    {r['comment']}")

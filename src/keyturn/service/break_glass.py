@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from keyturn.adapters.break_glass_kit import SEALED_ACCOUNT, new_kit
+from keyturn.adapters.providers.ssh_ca import render_principals
 from keyturn.config import BreakGlassRoleConfig, KeyturnConfig, RoleConfig, UserConfig
 from keyturn.domain.audit import AuditDraft, format_time
 from keyturn.domain.break_glass import (
@@ -43,7 +44,7 @@ from keyturn.domain.break_glass import (
 from keyturn.domain.durations import humanize
 from keyturn.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, ProviderError
 from keyturn.domain.model import AccessRequest, Approvers, Decision, Outcome, RequestStatus
-from keyturn.domain.policy import recordable
+from keyturn.domain.policy import is_eligible, recordable
 from keyturn.domain.text import clean_text
 from keyturn.ports import DirectoryPasswords, Recipient
 from keyturn.service import grants as grant_service
@@ -149,7 +150,8 @@ def break_glass(deps: Deps, user: UserConfig, data: BreakGlassInput) -> BreakGla
     Raises:
         InvalidInput: unknown role or target, a role without break-glass, a duration above the
             cap, a missing or too-short justification, a missing or bad SSH key.
-        Forbidden: the user is not in the role's break-glass group.
+        Forbidden: the user is not in the role's break-glass group, or not eligible for the
+            role on the target (break-glass skips review, not eligibility).
         Nothing is written when any of these is raised.
     """
     role, settings = break_glass_role(deps.config, data.role)
@@ -160,6 +162,11 @@ def break_glass(deps: Deps, user: UserConfig, data: BreakGlassInput) -> BreakGla
     target = deps.config.target(data.target)
     if target is None:
         raise InvalidInput(f"unknown target {data.target!r}", field="target")
+    if not is_eligible(deps.config, user, role.name, target):
+        raise Forbidden(
+            f"{user.id} is not eligible for role {role.name} on target {target.name} "
+            "(break-glass skips review, not eligibility)"
+        )
     duration = check_duration(role, settings, data.duration)
     justification = check_justification(deps.config, data.justification)
     ssh_key = checked_ssh_key(role, data.ssh_public_key)
@@ -301,6 +308,10 @@ def close_review(
             raise NotFound(f"no post-incident review {review_id!r}", review_id=review_id)
         if review.user_id == closer.id:
             raise Forbidden("you broke the glass; someone else reviews it", review_id=review_id)
+        if review.imported_by == closer.id:
+            raise Forbidden(
+                "you imported this record; someone else reviews it", review_id=review_id
+            )
         if not _may_close(deps, closer, review):
             raise Forbidden(
                 "only an admin or one of the review's reviewers may close it", review_id=review_id
@@ -417,19 +428,22 @@ def import_record(deps: Deps, actor: UserConfig, raw: bytes) -> PostIncidentRevi
         )
     facts_user = deps.config.user(record.name)
     approvers = _offline_approvers(deps, record, facts_user, now)
+    findings = record_findings(deps.config, record, kit)
     review = PostIncidentReview(
         id=deps.new_id("pir"),
         mode=BreakGlassMode.OFFLINE,
         user_id=record.name,
         role=record.role,
         target=record.target,
-        justification=record.justification,
+        justification=_shown(record.justification),
         used_at=record.signed_at,
         opened_at=now,
         due_at=now + deps.config.break_glass.review_deadline,
-        reviewers=_reviewers(deps, approvers, record.name),
+        reviewers=tuple(r for r in _reviewers(deps, approvers, record.name) if r != actor.id),
         record_id=record.id,
         kit_id=kit.id,
+        imported_by=actor.id,
+        findings=findings,
     )
     with deps.store.transaction() as tx:
         earlier = tx.review_for_record(record.id)
@@ -452,6 +466,13 @@ def import_record(deps: Deps, actor: UserConfig, raw: bytes) -> PostIncidentRevi
             )
         )
     deps.metrics.break_glass_uses.labels(record.role, str(BreakGlassMode.OFFLINE)).inc()
+    if findings:
+        deps.notifier.alert(
+            "break_glass_out_of_policy",
+            f"offline break-glass record {record.id} ({record.name}, {record.role} on "
+            f"{record.target}) went beyond the configuration: {'; '.join(findings)}",
+            {"record_id": record.id, "kit_id": kit.id, "review_id": review.id},
+        )
     deps.notifier.alert(
         "break_glass_kit_spent",
         f"offline break-glass kit {kit.id} was used by {record.name}; rotate it "
@@ -460,6 +481,51 @@ def import_record(deps: Deps, actor: UserConfig, raw: bytes) -> PostIncidentRevi
     )
     notifications.break_glass_used(deps, review, recipients(deps, review))
     return review
+
+
+def _shown(text: str) -> str:
+    """Signed text as people are shown it (control characters escaped; the audit event keeps
+    the record exactly as signed)."""
+    return clean_text(text, field="justification", max_length=10_000, required=False) or ""
+
+
+def record_findings(config: KeyturnConfig, record: OfflineRecord, kit: KitInfo) -> tuple[str, ...]:
+    """What an authentic offline record did beyond the configuration in force: the signer's copy
+    of the configuration may have been edited, or out of date. The record is imported all the
+    same (it is evidence); these findings go to the review, the audit event and an alert."""
+    found: list[str] = []
+    user = config.user(record.name)
+    role = config.role(record.role)
+    target = config.target(record.target)
+    if role is None or role.break_glass is None or target is None:
+        found.append(f"role {record.role} on {record.target} has no break-glass configuration")
+    else:
+        settings = role.break_glass
+        if user is None or settings.group not in user.groups:
+            found.append(f"{record.name} is no member of break-glass group {settings.group}")
+        elif not is_eligible(config, user, role.name, target):
+            found.append(f"{record.name} is not eligible for {role.name} on {target.name}")
+        window = record.not_after - record.not_before
+        if window > settings.max_duration + config.ssh_ca.clock_skew:
+            found.append(
+                f"the certificate lasts {humanize(window)}, above the cap of "
+                f"{humanize(settings.max_duration)}"
+            )
+        expected = render_principals(
+            role.ssh.principals, role=role.name, target=target.name, user=record.name
+        )
+        if list(record.principals) != expected:
+            found.append(
+                f"principals {', '.join(record.principals)} instead of {', '.join(expected)}"
+            )
+        if record.login != target.login:
+            found.append(f"login {record.login} instead of {target.login}")
+    if kit.retired_at is not None and record.signed_at > kit.retired_at:
+        found.append(f"signed with kit {kit.id} after it was retired")
+    if record.signed_at < kit.created_at:
+        found.append(f"signed before kit {kit.id} was made")
+    found += [f"the sealed {name} was opened" for name in record.sealed_opened]
+    return tuple(found)
 
 
 def _offline_approvers(
@@ -492,6 +558,8 @@ def _import_details(
         "record_sha256": record.sha256,
         "kit_id": kit.id,
         "kit_retired_before_use": kit.retired_at is not None and kit.retired_at < record.signed_at,
+        "findings": list(review.findings),
+        "imported_by": review.imported_by,
         "known_user": known_user,
         "review_id": review.id,
         "review_due": format_time(review.due_at),

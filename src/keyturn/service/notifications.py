@@ -204,6 +204,8 @@ def break_glass_used(
         f"Close it: keyturn reviews close {review.id} --verdict justified|unjustified "
         '--comment "…"',
     ]
+    if review.findings:
+        lines += ["", "BEYOND THE CONFIGURATION IN FORCE:", *(f"- {f}" for f in review.findings)]
     if review.mode is BreakGlassMode.OFFLINE:
         lines.append("The kit is spent: rotate it (keyturn break-glass kit rotate).")
     subject = f"BREAK-GLASS: {review.user_id} took {review.role} on {review.target}"
@@ -271,6 +273,8 @@ def _review_data(review: PostIncidentReview) -> dict[str, Any]:
         "request_id": review.request_id,
         "record_id": review.record_id,
         "kit_id": review.kit_id,
+        "imported_by": review.imported_by,
+        "findings": list(review.findings) or None,
     }
     return {k: v for k, v in data.items() if v is not None}
 

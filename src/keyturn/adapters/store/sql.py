@@ -212,6 +212,8 @@ def _pir_row(r: PostIncidentReview) -> dict[str, Any]:
         "closed_by": r.closed_by,
         "closed_at": r.closed_at,
         "overdue_alerted_at": r.overdue_alerted_at,
+        "imported_by": r.imported_by,
+        "findings": list(r.findings),
     }
 
 
@@ -221,6 +223,7 @@ def _pir(row: sa.Row[Any]) -> PostIncidentReview:
     m["status"] = ReviewStatus(m["status"])
     m["verdict"] = ReviewVerdict(m["verdict"]) if m["verdict"] else None
     m["reviewers"] = tuple(m["reviewers"])
+    m["findings"] = tuple(m["findings"])
     return PostIncidentReview(**m)
 
 

@@ -173,6 +173,8 @@ post_incident_reviews = sa.Table(
     sa.Column("closed_by", sa.String(64)),
     sa.Column("closed_at", UTCDateTime),
     sa.Column("overdue_alerted_at", UTCDateTime),
+    sa.Column("imported_by", sa.String(64)),
+    sa.Column("findings", sa.JSON, nullable=False),
     sa.Index("ix_pir_status_due", "status", "due_at"),
 )
 

@@ -133,6 +133,8 @@ def render_post_incident_review(review: PostIncidentReview, now: datetime) -> di
         "request_id": review.request_id,
         "record_id": review.record_id,
         "kit_id": review.kit_id,
+        "imported_by": review.imported_by,
+        "findings": list(review.findings),
         "verdict": str(review.verdict) if review.verdict else None,
         "comment": review.comment,
         "closed_by": review.closed_by,

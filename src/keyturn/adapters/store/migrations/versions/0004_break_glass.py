@@ -54,6 +54,8 @@ def upgrade() -> None:
         sa.Column("closed_by", sa.String(64)),
         sa.Column("closed_at", sa.DateTime),
         sa.Column("overdue_alerted_at", sa.DateTime),
+        sa.Column("imported_by", sa.String(64)),
+        sa.Column("findings", sa.JSON, nullable=False),
     )
     op.create_index("ix_pir_status_due", "post_incident_reviews", ["status", "due_at"])
 
