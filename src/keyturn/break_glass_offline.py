@@ -15,7 +15,6 @@ audit import`` verifies it when Keyturn is back.
 from __future__ import annotations
 
 import re
-import secrets
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +35,7 @@ from keyturn.domain.errors import Forbidden, InvalidInput
 from keyturn.domain.policy import is_eligible
 from keyturn.domain.ssh_keys import parse_user_public_key
 from keyturn.service.break_glass import break_glass_role, check_duration, check_justification
+from keyturn.service.deps import random_id, random_serial
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -145,8 +145,8 @@ def sign(
     """
     key = ca_key(master)
     public = key.public_key()
-    record_id = "bg_" + secrets.token_hex(10)
-    serial = secrets.randbelow(2**63 - 2) + 1
+    record_id = random_id("bg")
+    serial = random_serial()
     key_id = f"break-glass:{record_id}:{ask.name}"
     principals = render_principals(
         ask.role.ssh.principals, role=ask.role.name, target=ask.target.name, user=ask.name

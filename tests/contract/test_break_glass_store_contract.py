@@ -5,13 +5,11 @@ in InMemoryStore, SqlStore on SQLite and SqlStore on PostgreSQL (``store`` fixtu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from keyturn.adapters.break_glass_kit import SEALED_ACCOUNT, new_kit
-from keyturn.adapters.store.sql import SqlStore, create_engine, migrate
 from keyturn.domain.break_glass import (
     BreakGlassMode,
     KitInfo,
@@ -21,28 +19,9 @@ from keyturn.domain.break_glass import (
 )
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.ports import Store
-from keyturn.testing import InMemoryStore
 
 T0 = datetime(2026, 11, 17, 2, 45, 0, 123456, tzinfo=UTC)
 KIT_T0 = T0.replace(microsecond=0)  # kits are made at whole seconds (their file keeps no more)
-POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.integration, id="postgresql")
-
-
-@pytest.fixture(params=["memory", "sqlite", POSTGRESQL])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """Each store implementation, empty (SQL ones migrated)."""
-    if request.param == "memory":
-        yield InMemoryStore()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'keyturn.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = create_engine(url)
-    migrate(engine)
-    sql = SqlStore(engine)
-    yield sql
-    sql.close()
 
 
 class _Boom(Exception):

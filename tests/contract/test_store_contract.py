@@ -34,7 +34,6 @@ from keyturn.domain.model import (
     Verdict,
 )
 from keyturn.ports import Store
-from keyturn.testing import InMemoryStore
 
 T0 = datetime(2026, 11, 17, 2, 45, 0, 123456, tzinfo=UTC)
 MAX_SERIAL = 2**63 - 1
@@ -163,40 +162,6 @@ def append_events(store: Store, numbers: range) -> list[AuditEvent]:
         with store.transaction() as tx:
             events.append(tx.append_audit(a_draft(i)))
     return events
-
-
-# stores ----------------------------------------------------------------------------------------
-def _sql_store(request: pytest.FixtureRequest, backend: str) -> SqlStore:
-    if backend == "sqlite":
-        tmp = request.getfixturevalue("tmp_path")
-        url = f"sqlite:///{tmp / 'keyturn.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    engine = create_engine(url)
-    migrate(engine)
-    return SqlStore(engine)
-
-
-POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.integration, id="postgresql")
-
-
-@pytest.fixture(params=["memory", "sqlite", POSTGRESQL])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """Each store implementation, empty."""
-    if request.param == "memory":
-        yield InMemoryStore()
-        return
-    sql = _sql_store(request, request.param)
-    yield sql
-    sql.close()
-
-
-@pytest.fixture(params=["sqlite", POSTGRESQL])
-def sql_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
-    """Each SQL backend, migrated and empty."""
-    sql = _sql_store(request, request.param)
-    yield sql
-    sql.close()
 
 
 @pytest.fixture

@@ -109,6 +109,15 @@ def live_server(wired: App) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ambient CLI settings: no KEYTURN_* variables, an empty config directory and home."""
+    for name in ("KEYTURN_URL", "KEYTURN_TOKEN", "KEYTURN_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
 def cli(url: str, user: str, *args: str) -> Any:
     """Run the CLI in-process as ``user`` against ``url``; returns the Click result."""
     return CliRunner().invoke(cli_app, ["--url", url, "--token", TOKENS[user], *args])

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from keyturn.bootstrap import App
 from keyturn.entrypoints import worker
 from keyturn.ports import Notification, Recipient
 from keyturn.testing import FakeClock
+from tests import webhook_receiver
 from tests.conftest import TOKENS, example_data, load
 from tests.e2e.conftest import Api, cli, succeeded
 
@@ -110,48 +110,19 @@ class Inbox:
             return any(m.subject == marker for m in self._messages)
 
 
-class Receiver(ThreadingHTTPServer):
-    """A webhook endpoint recording the JSON body of every POST."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self._payloads: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/hooks/keyturn"
-
-    def record(self, payload: dict[str, Any]) -> None:
-        with self._lock:
-            self._payloads.append(payload)
+class Receiver(webhook_receiver.Receiver):
+    """The webhook endpoint, read by kind and event, with the test's barrier markers."""
 
     def all(self) -> list[dict[str, Any]]:
         """Every payload but the test's barrier markers."""
-        with self._lock:
-            return [p for p in self._payloads if p.get("event") != BARRIER_EVENT]
+        return [p for p in self.payloads() if p.get("event") != BARRIER_EVENT]
 
     def events(self, kind: str, event: str) -> list[dict[str, Any]]:
         """The payloads of this kind (``notification`` or ``alert``) and event."""
         return [p for p in self.all() if (p.get("kind"), p.get("event")) == (kind, event)]
 
     def has_marker(self, marker: str) -> bool:
-        with self._lock:
-            return any(p.get("summary") == marker for p in self._payloads)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.record(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: no access log on stderr."""
+        return any(p.get("summary") == marker for p in self.payloads())
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
@@ -218,13 +189,8 @@ def smtp_port(inbox: Inbox) -> Iterator[int]:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with webhook_receiver.serving(Receiver()) as server:
+        yield server
 
 
 @pytest.fixture
@@ -257,13 +223,9 @@ def world(api: Api, clock: FakeClock, inbox: Inbox, receiver: Receiver, tmp_path
 
 
 @pytest.fixture(autouse=True)
-def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ambient CLI settings: no KEYTURN_* variables, an empty config directory."""
-    for name in ("KEYTURN_URL", "KEYTURN_TOKEN", "KEYTURN_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COLUMNS", "250")  # tables unfolded, so ids can be matched
+def wide_tables(isolated_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ambient CLI settings, and tables unfolded so ids can be matched."""
+    monkeypatch.setenv("COLUMNS", "250")
 
 
 # --- helpers ----------------------------------------------------------------------------------

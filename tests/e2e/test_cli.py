@@ -29,17 +29,10 @@ from keyturn.entrypoints.cli_client import Client
 from tests.conftest import EXAMPLE, TOKENS
 from tests.e2e.conftest import cli, succeeded
 
+pytestmark = pytest.mark.usefixtures("isolated_settings")
+
 KEYTURN = Path(sys.executable).parent / "keyturn"
 CERT_PREFIX = "ssh-ed25519-cert-v01@openssh.com "
-
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ambient CLI settings: no KEYTURN_* variables, an empty config directory."""
-    for name in ("KEYTURN_URL", "KEYTURN_TOKEN", "KEYTURN_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 _CLIENTS: list[Client] = []

@@ -35,20 +35,13 @@ from keyturn.entrypoints.server import Server
 from tests.conftest import EXAMPLE, TOKENS, example_data
 from tests.e2e.conftest import cli, succeeded
 
+pytestmark = pytest.mark.usefixtures("isolated_settings")
+
 KEYTURN = str(Path(sys.executable).parent / "keyturn")
 CASES = EXAMPLE.parent / "policy-tests.yaml"
 HOOK_TOKEN = "cli-hook-token-81f3"
 NEW_USER, NEW_TOKEN = "zoe", "test-token-zoe"
 DEADLINE = 20.0  # seconds to wait for a server to start or to apply a signal
-
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ambient CLI settings: no KEYTURN_* variables, an empty config directory."""
-    for name in ("KEYTURN_URL", "KEYTURN_TOKEN", "KEYTURN_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 def incident_data(tmp_path: Path) -> dict[str, Any]:

@@ -2,59 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from keyturn.adapters.notifiers.webhook import WebhookNotifier
 from keyturn.ports import Notification, Recipient
+from tests.webhook_receiver import Receiver, serving
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "webhook-secret-123"
 
 
-class Receiver(ThreadingHTTPServer):
-    """Records ``(path, headers, JSON body)`` of every POST."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.received: list[tuple[str, dict[str, str], Any]] = []
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/hooks/keyturn"
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.received.append((self.path, dict(self.headers), json.loads(body)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: no access log on stderr."""
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(Receiver()) as server:
+        yield server
 
 
 def test_notification_is_posted_as_json_with_the_bearer_token(receiver: Receiver) -> None:

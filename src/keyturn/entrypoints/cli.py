@@ -211,8 +211,14 @@ def _write_certificate(data: dict[str, Any], key_path: Path | None) -> Path | No
     cert = (grant.get("credentials") or {}).get("ssh_certificate")
     if not cert or key_path is None:
         return None
+    return write_certificate(key_path, cert)
+
+
+def write_certificate(key_path: Path, certificate: str) -> Path:
+    """Write ``certificate`` next to the public key ``key_path`` (mode 0644, where ssh looks
+    for it); return its path. Raises OSError."""
     path = cert_path_for(key_path)
-    path.write_text(cert + "\n")
+    path.write_text(certificate + "\n")
     os.chmod(path, 0o644)
     return path
 

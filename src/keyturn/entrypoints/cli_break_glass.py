@@ -32,10 +32,10 @@ from keyturn.entrypoints.cli import (
     _write_certificate,
     app,
     audit_app,
-    cert_path_for,
     err,
     read_file,
     report_app,
+    write_certificate,
 )
 from keyturn.entrypoints.cli_errors import EXIT_DENIED
 
@@ -126,9 +126,9 @@ def _kit_file(path: Path | None) -> Any:
     if path is None:
         return None
     try:
-        data = json.loads(path.expanduser().read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"--kit {path}: cannot read a kit file ({exc})", field="kit") from exc
+        data = json.loads(read_file(path, "--kit"))
+    except ValueError as exc:
+        raise InvalidInput(f"--kit {path}: not a kit file ({exc})", field="kit") from exc
     return kit_from_public_data(data)
 
 
@@ -219,8 +219,7 @@ def offline(
     opened = (SEALED_ACCOUNT,) if password is not None else ()
     result = sign(settings, checked, master, now=now, kit=kit_info, sealed_opened=opened)
     record_path = record_out or Path(f"break-glass-{result.record_id}.json")
-    cert_path = cert_path_for(ssh_key.expanduser())
-    _write_outputs(record_path, result.record_text, cert_path, result.certificate)
+    cert_path = _write_outputs(record_path, result.record_text, ssh_key, result.certificate)
     data = {
         "record_id": result.record_id,
         "kit_id": result.kit_id,
@@ -240,8 +239,9 @@ def offline(
     _ctx(ctx).emit(data, _offline_next_steps)
 
 
-def _write_outputs(record_path: Path, record: str, cert_path: Path, certificate: str) -> None:
-    """Write the record, then the certificate: a certificate is never left without its record.
+def _write_outputs(record_path: Path, record: str, ssh_key: Path, certificate: str) -> Path:
+    """Write the record, then the certificate (next to ``ssh_key``): a certificate is never
+    left without its record. Returns the certificate's path.
 
     Raises:
         InvalidInput: either file cannot be written (saying what was written).
@@ -255,12 +255,11 @@ def _write_outputs(record_path: Path, record: str, cert_path: Path, certificate:
             field="out",
         ) from exc
     try:
-        cert_path.write_text(certificate + "\n")
-        os.chmod(cert_path, 0o644)
+        return write_certificate(ssh_key.expanduser(), certificate)
     except OSError as exc:
         raise InvalidInput(
             f"the record {record_path} was written (import it when Keyturn is back), but the "
-            f"certificate could not be written to {cert_path} ({exc.strerror or exc})",
+            f"certificate could not be written next to {ssh_key} ({exc.strerror or exc})",
             field="ssh_key",
         ) from exc
 

@@ -25,21 +25,21 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900
 
 
 class _GrantStates(Collector):
-    """``keyturn_grants{state}``: grants per state, read from the store at scrape time."""
+    """The gauges read from the store at scrape time: ``keyturn_grants{state}``, the offline
+    kit's state and the open post-incident reviews."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("keyturn_grants", "Grants by state.", labels=["state"])
-        with self._store.transaction() as tx:
+        with self._store.transaction() as tx:  # one read for every store-backed gauge
             counts = tx.grant_counts()
+            kits = [k for k in tx.kits() if k.retired_at is None]
+            open_reviews = tx.post_incident_reviews(status=ReviewStatus.OPEN)
         for state in GrantStatus:
             family.add_metric([str(state)], counts.get(state, 0))
         yield family
-        with self._store.transaction() as tx:
-            kits = [k for k in tx.kits() if k.retired_at is None]
-            open_reviews = tx.post_incident_reviews(status=ReviewStatus.OPEN)
         spent = GaugeMetricFamily(
             "keyturn_break_glass_kit_spent",
             "1 while the offline break-glass kit in force has been used and awaits rotation.",
