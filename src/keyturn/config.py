@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 import ldap
 import ldap.dn
 import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -115,6 +117,23 @@ class TargetConfig(_Strict):
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=22, ge=1, le=65535)
     login: Name = Field(default="root", description="the OS account the certificate logs in as")
+    host_key: str | None = Field(
+        default=None,
+        max_length=16000,
+        description="the target's SSH host key as an OpenSSH public key line (RFC 4253 §6.6); "
+        "the gateway connects only to targets whose host key it knows",
+    )
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            load_ssh_public_key(value.strip().encode())
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError("host_key must be an OpenSSH public key line") from exc
+        return value.strip()
 
 
 class SshRoleConfig(_Strict):
@@ -132,6 +151,16 @@ class SshRoleConfig(_Strict):
     allow_user_rc: bool = False
     force_command: str | None = Field(default=None, min_length=1, max_length=1000)
     source_address: tuple[str, ...] = ()
+    record_input: bool = Field(
+        default=False,
+        description="gateway: keep keystrokes in the recording (off: passwords typed at prompts "
+        "would be kept too)",
+    )
+    file_transfer: Literal["refuse", "record"] = Field(
+        default="refuse",
+        description="gateway: the sftp subsystem and scp are refused, or relayed with every "
+        "file name and byte count recorded",
+    )
 
     @field_validator("source_address")
     @classmethod
@@ -579,6 +608,51 @@ class BreakGlassConfig(_Strict):
     directory_account: DistinguishedName | None = None
 
 
+class GatewayConfig(_Strict):
+    """The recording SSH gateway (``keyturn gateway``; see ``docs/gateway.md``).
+
+    Users connect with their Keyturn certificate and the target's name as the SSH user name;
+    the gateway relays the session to the target with a certificate minted for it alone and
+    records it (asciicast v2) under ``recordings_dir``. A session that cannot be recorded is
+    refused.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=2200, ge=1, le=65535)
+    public_host: str | None = Field(
+        default=None, max_length=253, description="the name users reach the gateway by"
+    )
+    host_key_path: Path = Path("keyturn-ca/gateway_host_key")
+    recordings_dir: Path = Path("keyturn-recordings")
+    upstream_certificate_lifetime: Duration = Field(
+        default=timedelta(seconds=30),
+        description="validity of the certificate minted for each upstream login",
+    )
+    upstream_timeout: Duration = Field(
+        default=timedelta(seconds=10), description="connect and login timeout to a target"
+    )
+    max_channels_per_connection: int = Field(default=10, ge=1, le=1000)
+    max_connections: int = Field(default=200, ge=1, le=100_000)
+    grant_check_interval: Duration = Field(
+        default=timedelta(milliseconds=500),
+        description="how often live sessions' grants are re-read from the store",
+    )
+
+    @field_validator("grant_check_interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if not timedelta(milliseconds=50) <= value <= timedelta(seconds=1):
+            raise ValueError("must be between 50 ms and 1 s (sessions end within 2 s)")
+        return value
+
+    @field_validator("upstream_certificate_lifetime")
+    @classmethod
+    def _lifetime(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=5) <= value <= timedelta(minutes=5):
+            raise ValueError("must be between 5 s and 5 min")
+        return value
+
+
 class AlwaysOnConfig(_Strict):
     """What ``keyturn report always-on`` calls habitual elevation.
 
@@ -631,6 +705,7 @@ class KeyturnConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     reports: ReportsConfig = ReportsConfig()
     break_glass: BreakGlassConfig = BreakGlassConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     def users_named(self, who: str) -> list[UserConfig]:
         """Users an on-call entry names: by exact id, or by e-mail ignoring case (``mailto:``

@@ -24,6 +24,7 @@ from keyturn.domain.model import (
     Review,
     StandingSnapshot,
 )
+from keyturn.domain.sessions import Session, SessionStatus
 
 
 class Clock(Protocol):
@@ -314,6 +315,25 @@ class StoreTx(Protocol):
 
     def claim_overdue_reviews(self, now: datetime, limit: int) -> list[PostIncidentReview]:
         """Open reviews with ``due_at`` ≤ ``now`` not yet alerted as overdue; locked."""
+
+    def add_session(self, session: Session) -> None:
+        """Insert a gateway session. Raises Conflict if its id exists."""
+
+    def get_session(self, session_id: str) -> Session:
+        """The session. Raises NotFound."""
+
+    def save_session(self, session: Session) -> None:
+        """Update an existing session (its end, exit status and recording hash)."""
+
+    def list_sessions(
+        self,
+        *,
+        grant_id: str | None = None,
+        user_id: str | None = None,
+        status: SessionStatus | None = None,
+        limit: int = 100,
+    ) -> list[Session]:
+        """Sessions matching every filter given, newest first."""
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

@@ -32,6 +32,7 @@ from keyturn.domain.model import (
     Review,
     StandingSnapshot,
 )
+from keyturn.domain.sessions import Session, SessionStatus
 from keyturn.ports import Granted, Holdings, Notification, Provider, StoredAlert
 
 
@@ -65,6 +66,7 @@ class _State:
     alerts: dict[str, tuple[AlertState, tuple[str, ...], datetime]] = field(default_factory=dict)
     kits: dict[str, KitInfo] = field(default_factory=dict)
     incident_reviews: dict[str, PostIncidentReview] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -88,6 +90,7 @@ class InMemoryStore:
                 alerts=dict(self._state.alerts),
                 kits=dict(self._state.kits),
                 incident_reviews=dict(self._state.incident_reviews),
+                sessions=dict(self._state.sessions),
             )
             yield InMemoryTx(work)
             self._state = work
@@ -356,6 +359,43 @@ class InMemoryTx:
             if r.status is ReviewStatus.OPEN and r.due_at <= now and r.overdue_alerted_at is None
         ]
         return sorted(rows, key=lambda r: r.due_at)[:limit]
+
+    def add_session(self, session: Session) -> None:
+        """Insert a session; Conflict if its id exists."""
+        if session.id in self._s.sessions:
+            raise Conflict(f"session {session.id} already exists")
+        self._s.sessions[session.id] = session
+
+    def get_session(self, session_id: str) -> Session:
+        """The session; raises NotFound."""
+        try:
+            return self._s.sessions[session_id]
+        except KeyError:
+            raise NotFound(f"no session {session_id!r}", session_id=session_id) from None
+
+    def save_session(self, session: Session) -> None:
+        """Update an existing session."""
+        self.get_session(session.id)
+        self._s.sessions[session.id] = session
+
+    def list_sessions(
+        self,
+        *,
+        grant_id: str | None = None,
+        user_id: str | None = None,
+        status: SessionStatus | None = None,
+        limit: int = 100,
+    ) -> list[Session]:
+        """Sessions matching every filter given, newest first."""
+        rows = [
+            s
+            for s in self._s.sessions.values()
+            if (grant_id is None or s.grant_id == grant_id)
+            and (user_id is None or s.user_id == user_id)
+            and (status is None or s.status == status)
+        ]
+        rows.sort(key=lambda s: (-s.started_at.timestamp(), s.id))
+        return rows[:limit]
 
     def grants_holding(
         self, provider: str, privilege: str, *, user_id: str | None = None

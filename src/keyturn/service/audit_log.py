@@ -5,12 +5,16 @@ from __future__ import annotations
 from keyturn.config import UserConfig
 from keyturn.domain.audit import AuditDraft, AuditEvent, VerifyResult, verify_chain
 from keyturn.service.deps import Deps
+from keyturn.service.sessions import RecordingCheck
 
 
 def verify(deps: Deps) -> VerifyResult:
-    """Check the whole chain and its head (RFC 8785 + SHA-256 links; see ``domain.audit``)."""
+    """Check the whole chain and its head (RFC 8785 + SHA-256 links; see ``domain.audit``),
+    then every session recording against the SHA-256 chained when its session ended."""
+    recordings = RecordingCheck(deps.config.gateway.recordings_dir)
     with deps.store.transaction() as tx:
-        return verify_chain(tx.iter_audit(), tx.audit_head())
+        chain = verify_chain(recordings.watch(tx.iter_audit()), tx.audit_head())
+    return recordings.verify(chain)
 
 
 def list_events(

@@ -40,8 +40,9 @@ from keyturn.ports import Granted
 _SERIAL_LINE = re.compile(r"^serial:\s*(\d+)(?:-(\d+))?\s*$")
 
 
-def load_or_create_ca(path: Path) -> ed25519.Ed25519PrivateKey:
-    """Load the Ed25519 user CA key, creating it (mode 0600, directory 0700) on first start.
+def load_or_create_ca(path: Path, setting: str = "ssh_ca.key_path") -> ed25519.Ed25519PrivateKey:
+    """Load an Ed25519 private key (the user CA; the gateway's host key), creating it (mode
+    0600, directory 0700) on first start. ``setting`` names the configuration key in errors.
 
     Raises:
         ConfigError: the key file is readable or writable by group or others, or is not an
@@ -63,19 +64,18 @@ def load_or_create_ca(path: Path) -> ed25519.Ed25519PrivateKey:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(
-            f"ssh_ca.key_path: {path} has mode {mode:04o}; the CA key must not be accessible by "
+            f"{setting}: {path} has mode {mode:04o}; the key must not be accessible by "
             f"group or others (run: chmod 600 {path})",
-            path="ssh_ca.key_path",
+            path=setting,
         )
     try:
         loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(
-            f"ssh_ca.key_path: {path} is not an unencrypted OpenSSH private key",
-            path="ssh_ca.key_path",
+            f"{setting}: {path} is not an unencrypted OpenSSH private key", path=setting
         ) from exc
     if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-        raise ConfigError("ssh_ca.key_path: the CA key must be Ed25519", path="ssh_ca.key_path")
+        raise ConfigError(f"{setting}: the key must be Ed25519", path=setting)
     key = loaded
     pub = public_key_path(path)
     if not pub.exists():
@@ -106,6 +106,12 @@ def render_principals(
 def key_id(grant: Grant) -> str:
     """The certificate key id: names the grant, request and user (identity correlation)."""
     return f"keyturn:grant={grant.id}:request={grant.request_id}:user={grant.user_id}"
+
+
+def gateway_key_id(grant: Grant, connection_id: str) -> str:
+    """The key id of a certificate the gateway mints for one upstream login: it names the
+    grant, the user and the gateway connection, and never parses as a grant's own key id."""
+    return f"keyturn-gateway:grant={grant.id}:user={grant.user_id}:connection={connection_id}"
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,36 @@ class SshCertificateProvider:
             options=role.ssh,
         )
         return build_certificate(self._ca_key, parse_user_public_key(request.ssh_public_key), spec)
+
+    def session_certificate(
+        self,
+        grant: Grant,
+        public_key: UserPublicKey,
+        *,
+        serial: int,
+        connection_id: str,
+        valid_after: datetime,
+        valid_before: datetime,
+    ) -> str:
+        """A certificate for the gateway's own login to the grant's target: the grant's
+        principals and options, except ``source-address`` (the gateway checked the user's
+        address; its own is what the target sees), for ``valid_after``..``valid_before``.
+
+        Raises:
+            ProviderError: the role is not configured.
+        """
+        role = self._roles.get(grant.role)
+        if role is None:
+            raise ProviderError(f"role {grant.role!r} is not configured", retryable=False)
+        spec = CertificateSpec(
+            serial=serial,
+            key_id=gateway_key_id(grant, connection_id),
+            principals=self._principals(grant),
+            valid_after=valid_after,
+            valid_before=valid_before,
+            options=role.ssh.model_copy(update={"source_address": ()}),
+        )
+        return build_certificate(self._ca_key, public_key, spec)
 
     def verify_granted(self, grant: Grant) -> bool:
         """The stored certificate is signed by this CA, for this grant, until ``not_after``."""

@@ -46,6 +46,8 @@ from keyturn.domain.model import (
     decision_from_data,
     decision_to_data,
 )
+from keyturn.domain.sessions import EndReason as SessionEnd
+from keyturn.domain.sessions import Session, SessionKind, SessionStatus
 from keyturn.ports import StoredAlert
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -225,6 +227,22 @@ def _pir(row: sa.Row[Any]) -> PostIncidentReview:
     m["reviewers"] = tuple(m["reviewers"])
     m["findings"] = tuple(m["findings"])
     return PostIncidentReview(**m)
+
+
+def _session_row(s: Session) -> dict[str, Any]:
+    row = dataclasses.asdict(s)
+    row["kind"] = str(s.kind)
+    row["status"] = str(s.status)
+    row["end_reason"] = str(s.end_reason) if s.end_reason else None
+    return row
+
+
+def _session(row: sa.Row[Any]) -> Session:
+    m = dict(row._mapping)
+    m["kind"] = SessionKind(m["kind"])
+    m["status"] = SessionStatus(m["status"])
+    m["end_reason"] = SessionEnd(m["end_reason"]) if m["end_reason"] else None
+    return Session(**m)
 
 
 def _alert(row: sa.Row[Any]) -> AlertState:
@@ -607,6 +625,47 @@ class SqlTx:
             .with_for_update(skip_locked=True)
         )
         return [_pir(row) for row in self._c.execute(q)]
+
+    # gateway sessions --------------------------------------------------------------------------
+    def add_session(self, session: Session) -> None:
+        """Insert a session; Conflict if its id exists."""
+        self._insert(t.sessions.insert().values(**_session_row(session)), f"session {session.id}")
+
+    def get_session(self, session_id: str) -> Session:
+        """The session; raises NotFound."""
+        row = self._c.execute(sa.select(t.sessions).where(t.sessions.c.id == session_id)).first()
+        if row is None:
+            raise NotFound(f"no session {session_id!r}", session_id=session_id)
+        return _session(row)
+
+    def save_session(self, session: Session) -> None:
+        """Update an existing session."""
+        row = _session_row(session)
+        del row["id"]
+        self._update(
+            t.sessions.update().where(t.sessions.c.id == session.id).values(**row),
+            f"session {session.id!r}",
+        )
+
+    def list_sessions(
+        self,
+        *,
+        grant_id: str | None = None,
+        user_id: str | None = None,
+        status: SessionStatus | None = None,
+        limit: int = 100,
+    ) -> list[Session]:
+        """Sessions matching every filter given, newest first."""
+        c = t.sessions.c
+        q = sa.select(t.sessions)
+        if grant_id is not None:
+            q = q.where(c.grant_id == grant_id)
+        if user_id is not None:
+            q = q.where(c.user_id == user_id)
+        if status is not None:
+            q = q.where(c.status == str(status))
+        q = q.order_by(c.started_at.desc(), c.id).limit(limit)
+        return [_session(row) for row in self._c.execute(q)]
 
     # alerts ----------------------------------------------------------------------------------
     def save_alert(

@@ -178,6 +178,31 @@ post_incident_reviews = sa.Table(
     sa.Index("ix_pir_status_due", "status", "due_at"),
 )
 
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("grant_id", sa.String(40), nullable=False),
+    sa.Column("request_id", sa.String(40), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("recording", sa.String(255), nullable=False),
+    sa.Column("client", sa.String(128), nullable=False),
+    sa.Column("command", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("end_reason", sa.String(32)),
+    sa.Column("exit_status", sa.Integer),
+    sa.Column("recording_sha256", sa.String(64)),
+    sa.Column("recording_bytes", sa.BigInteger),
+    sa.Index("ix_sessions_grant", "grant_id"),
+    sa.Index("ix_sessions_user_started", "user_id", "started_at"),
+    sa.Index("ix_sessions_status", "status"),
+)
+
 audit_events = sa.Table(
     "audit_events",
     metadata,

@@ -1,0 +1,859 @@
+"""``keyturn gateway``: the recording SSH gateway (asyncssh).
+
+A user connects with an ordinary OpenSSH client and their Keyturn certificate, naming the
+target as the SSH user name (``ssh -p 2200 db-1@gateway``; ``keyturn gateway ssh-config``
+prints ``~/.ssh/config`` blocks so that ``ssh db-1`` does this). The gateway
+
+1. accepts only a certificate signed by Keyturn's CA, in its window, whose key id and serial are
+   exactly those of an active grant for that target (``service.sessions.authorize``);
+2. logs in to the target itself with a fresh key and a certificate minted for this connection
+   alone (``upstream_certificate_lifetime``, key id ``keyturn-gateway:grant=…:user=…``), checking
+   the target's configured host key;
+3. relays shell, exec, PTY, window changes, signals, breaks, EOF, exit status and both output
+   streams, recording output (and input when the role says so) to an asciicast v2 file *before*
+   relaying it: a recording that cannot be written ends the session (fail closed);
+4. refuses and audits port forwarding (unless the role allows it), remote forwarding, agent and
+   X11 forwarding, and sftp/scp unless the role's ``file_transfer`` is ``record``;
+5. re-reads the grants of live connections every ``grant_check_interval`` and cuts every session
+   of a grant that expired or was released or revoked (on any broker instance), telling the user.
+
+Blocking work (store, file writes) runs in threads; asyncssh's flow control gives back-pressure:
+a chunk is read from the target only after the previous one was recorded and sent on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import asyncssh
+import structlog
+from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
+
+from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_create_ca
+from keyturn.adapters.recording import RecordingWriter, recording_path
+from keyturn.bootstrap import App
+from keyturn.domain.errors import ConfigError, Forbidden, InvalidInput, KeyturnError
+from keyturn.domain.sessions import (
+    CommandLog,
+    EndReason,
+    Session,
+    SessionKind,
+    TextStream,
+    cast_header,
+    target_from_user_name,
+)
+from keyturn.domain.sftp import SftpObserver
+from keyturn.domain.ssh_keys import parse_user_public_key
+from keyturn.service import sessions
+from keyturn.service.sessions import Authorized
+
+log = structlog.get_logger("keyturn.gateway")
+READ_SIZE = 65536
+#: asyncssh internals the gateway hooks per connection (checked at start; asyncssh is pinned)
+_HOOKED = (
+    "_validate_openssh_certificate",
+    "check_certificate_permission",
+    "create_agent_listener",
+    "attach_x11_listener",
+)
+_FORWARDING = frozenset({"port-forwarding", "agent-forwarding", "X11-forwarding"})
+
+
+class SessionCut(Exception):
+    """Raised inside a relay when its session must end now (grant ended, gateway stopping)."""
+
+    def __init__(self, reason: EndReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Stats:
+    """Counters for tests and benchmarks (bytes read from targets and recorded)."""
+
+    upstream_bytes: int = 0
+    recorded_bytes: int = 0
+
+
+class Gateway:
+    """The gateway's shared state: configuration, CA, host key, live connections.
+
+    Args:
+        app: the composition root (store, clock, SSH CA provider, configuration).
+        monotonic: seconds for recording timestamps (injectable).
+    """
+
+    def __init__(self, app: App, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.deps = app.deps
+        self.config = app.deps.config.gateway
+        self.monotonic = monotonic
+        provider = app.deps.providers.get("ssh")
+        if not isinstance(provider, SshCertificateProvider):
+            raise ConfigError("the gateway needs the ssh provider (ssh_ca)", path="ssh_ca")
+        self.ssh = provider
+        self.ca_key = asyncssh.import_public_key(provider.ca_public_line)
+        key = load_or_create_ca(self.config.host_key_path, setting="gateway.host_key_path")
+        self.host_key = asyncssh.import_private_key(_openssh_private(key))
+        self.connections: set[Connection] = set()
+        self.stats = Stats()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncssh.SSHAcceptor | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        missing = [name for name in _HOOKED if not hasattr(asyncssh.SSHServerConnection, name)]
+        if missing:
+            raise ConfigError(
+                f"this asyncssh version lacks {missing}; install the version in constraints.txt",
+                path="gateway",
+            )
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def host_key_line(self) -> str:
+        """The gateway's host key as an OpenSSH public key line (for ``known_hosts``)."""
+        return str(self.host_key.export_public_key().decode().strip())
+
+    async def start(self) -> int:
+        """Listen; end sessions a crash left live; start the grant watcher. Returns the port."""
+        recordings = self.config.recordings_dir
+        with contextlib.suppress(OSError):
+            recordings.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for ended in await asyncio.to_thread(sessions.recover_interrupted, self.deps):
+            log.warning("session interrupted by a gateway crash ended", session_id=ended.id)
+        authorized = asyncssh.import_authorized_keys(
+            f'cert-authority,principals="*" {self.ssh.ca_public_line}\n'
+        )
+        self._server = await asyncssh.create_server(
+            lambda: Connection(self),
+            self.config.host,
+            self.config.port,
+            server_host_keys=[self.host_key],
+            authorized_client_keys=authorized,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            encoding=None,
+            sftp_factory=None,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            login_timeout=30,
+            keepalive_interval=30,
+        )
+        self._watcher = asyncio.create_task(self._watch_grants())
+        port: int = self._server.sockets[0].getsockname()[1]
+        log.info("gateway listening", host=self.config.host, port=port)
+        return port
+
+    async def stop(self) -> None:
+        """Stop listening; end every session (``gateway_stopped``)."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await asyncio.gather(
+            *(
+                c.cut(EndReason.GATEWAY_STOPPED, "the Keyturn gateway is shutting down")
+                for c in list(self.connections)
+            )
+        )
+
+    async def _watch_grants(self) -> None:
+        """Every ``grant_check_interval``: cut the connections whose grant ended."""
+        interval = self.config.grant_check_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            live = [c for c in self.connections if c.auth is not None]
+            if not live:
+                continue
+            try:
+                ended = await asyncio.to_thread(
+                    sessions.grants_ended, self.deps, {c.auth.grant.id for c in live if c.auth}
+                )
+            except Exception as exc:  # the store is down: keep watching, say so
+                log.error("cannot read grants of live sessions", error=str(exc)[:300])
+                continue
+            for conn in live:
+                reason = ended.get(conn.auth.grant.id) if conn.auth else None
+                if reason is not None:
+                    message = f"grant {conn.auth.grant.id if conn.auth else ''} ended ({reason})"
+                    self.spawn(conn.cut(EndReason.GRANT_ENDED, message))
+
+
+def _openssh_private(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+class Connection(asyncssh.SSHServer):
+    """One client connection: its certificate, grant, upstream login and sessions."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.deps = gateway.deps
+        self.id = gateway.deps.new_id("con")
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.client = ""
+        self.auth: Authorized | None = None
+        self.relays: set[Relay] = set()
+        self.channels = 0
+        self.refused_channels = 0
+        self._decisions: dict[bytes, Authorized | None] = {}
+        self._upstream: asyncssh.SSHClientConnection | None = None
+        self._upstream_lock = asyncio.Lock()
+        self._closing = False
+
+    # connection ---------------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Hook certificate capture and forwarding audits into this connection."""
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.client = f"{peer[0]}:{peer[1]}"
+        if len(self.gw.connections) >= self.gw.config.max_connections:
+            log.warning("connection refused: too many connections", client=self.client)
+            conn.close()
+            return
+        self.gw.connections.add(self)
+        _instrument(conn, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection; close its upstream login."""
+        self.gw.connections.discard(self)
+        if self._upstream is not None:
+            self._upstream.close()
+        if self.refused_channels:
+            self.gw.spawn(self._audit_refused_channels())
+
+    async def _audit_refused_channels(self) -> None:
+        grant = self.auth.grant if self.auth else None
+        await asyncio.to_thread(
+            sessions.refused,
+            self.deps,
+            reason="too_many_channels",
+            message=f"{self.refused_channels} session channels refused over the limit",
+            grant=grant,
+            details={"client": self.client, "limit": self.gw.config.max_channels_per_connection},
+        )
+
+    # authentication -----------------------------------------------------------------------
+    def begin_auth(self, username: str) -> bool:
+        """Authentication is always required."""
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        """Certificates only (plain keys are refused in :meth:`validate_public_key`)."""
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """A plain public key never opens a session: Keyturn certificates only."""
+        return False
+
+    def password_auth_supported(self) -> bool:
+        """No passwords."""
+        return False
+
+    async def decide(self, username: str, cert: Any) -> bool:
+        """Called with a certificate asyncssh verified (Keyturn's CA, window, source
+        address): is it the certificate of an active grant for the named target?"""
+        blob = bytes(cert.public_data)
+        if blob not in self._decisions:
+            self._decisions[blob] = await self._authorize(username, cert)
+        auth = self._decisions[blob]
+        if auth is not None:
+            self.auth = auth
+        return auth is not None
+
+    async def _authorize(self, username: str, cert: Any) -> Authorized | None:
+        parsed = load_ssh_public_identity(bytes(cert.export_certificate()))
+        if not isinstance(parsed, SSHCertificate):
+            return None
+        key_id = parsed.key_id.decode("utf-8", "replace")
+        serial = parsed.serial
+        grant_id = sessions.grant_id_of(key_id)
+        try:
+            target = target_from_user_name(username)
+            return await asyncio.to_thread(
+                sessions.authorize,
+                self.deps,
+                target_name=target,
+                cert_key_id=key_id,
+                serial=serial,
+            )
+        except (Forbidden, InvalidInput) as exc:
+            reason = str(exc.details.get("reason", "user_name"))
+            log.warning(
+                "gateway login refused",
+                client=self.client,
+                user_name=username[:100],
+                key_id=key_id[:200],
+                reason=reason,
+            )
+            if grant_id is not None:  # a certificate Keyturn issued: the user is known
+                grant = await asyncio.to_thread(_grant_or_none, self.deps, grant_id)
+                await asyncio.to_thread(
+                    sessions.refused,
+                    self.deps,
+                    reason=reason,
+                    message=exc.message,
+                    grant=grant,
+                    details={"client": self.client, "user_name": username[:100]},
+                )
+            return None
+
+    # channels -------------------------------------------------------------------------------
+    def session_requested(self) -> Any:
+        """A session channel: relayed and recorded, up to ``max_channels_per_connection``."""
+        if self.auth is None or self._closing:
+            return False
+        if self.channels >= self.gw.config.max_channels_per_connection:
+            self.refused_channels += 1
+            return False
+        self.channels += 1
+        relay = Relay(self)
+        return relay.run
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        """``ssh -L`` / ``-W`` (direct-tcpip): through the target if the role allows it."""
+        auth = self.auth
+        details = {"dest_host": dest_host[:255], "dest_port": dest_port, "client": self.client}
+        if auth is None or not auth.role.ssh.allow_port_forwarding:
+            self._refuse_later("port_forwarding", "port forwarding is not allowed", details)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "keyturn: port forwarding is not allowed for this role",
+            )
+        self._audit_later("session.forwarded", details)
+        conn = self.conn
+        if conn is None:
+            return False
+
+        async def tunnel() -> Any:
+            upstream = await self.upstream()
+            return await conn.forward_tunneled_connection(upstream, dest_host, dest_port)
+
+        return tunnel()
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """``ssh -R``: never relayed (a listener on the target would escape recording)."""
+        details = {"listen_host": listen_host[:255], "listen_port": listen_port}
+        self._refuse_later("remote_forwarding", "remote forwarding is not allowed", details)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        """Unix socket forwarding: refused and audited."""
+        self._refuse_later("unix_forwarding", "socket forwarding is not allowed", {})
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        """Remote unix socket forwarding: refused and audited."""
+        self._refuse_later("unix_forwarding", "socket forwarding is not allowed", {})
+        return False
+
+    def _refuse_later(self, reason: str, message: str, details: dict[str, Any]) -> None:
+        grant = self.auth.grant if self.auth else None
+        log.warning("gateway channel refused", reason=reason, client=self.client)
+        self.gw.spawn(
+            asyncio.to_thread(
+                sessions.refused,
+                self.deps,
+                reason=reason,
+                message=message,
+                grant=grant,
+                details={"client": self.client, **details},
+            )
+        )
+
+    def _audit_later(self, action: str, details: dict[str, Any]) -> None:
+        auth = self.auth
+        if auth is None:
+            return
+        self.gw.spawn(
+            asyncio.to_thread(sessions.connection_event, self.deps, auth.grant, action, details)
+        )
+
+    # upstream ---------------------------------------------------------------------------------
+    async def upstream(self) -> asyncssh.SSHClientConnection:
+        """The gateway's own login to the target (one per client connection), made on first
+        use with a fresh key and a certificate minted for this connection alone."""
+        async with self._upstream_lock:
+            if self._upstream is not None:
+                return self._upstream
+            auth = self.auth
+            if auth is None:
+                raise Forbidden("not authenticated")
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            public = parse_user_public_key(key.export_public_key().decode())
+            now = self.deps.clock.now()
+            lifetime = self.gw.config.upstream_certificate_lifetime
+            line = self.gw.ssh.session_certificate(
+                auth.grant,
+                public,
+                serial=self.deps.new_serial(),
+                connection_id=self.id,
+                valid_after=now - self.deps.config.ssh_ca.clock_skew,
+                valid_before=min(now + lifetime, auth.grant.not_after),
+            )
+            host_key = auth.target.host_key or ""
+            self._upstream = await asyncio.wait_for(
+                asyncssh.connect(
+                    auth.target.host,
+                    auth.target.port,
+                    username=auth.target.login,
+                    client_keys=[(key, asyncssh.import_certificate(line))],
+                    known_hosts=([asyncssh.import_public_key(host_key)], [], []),
+                    agent_path=None,
+                    config=[],
+                    preferred_auth="publickey",
+                    keepalive_interval=30,
+                ),
+                timeout=self.gw.config.upstream_timeout.total_seconds(),
+            )
+            return self._upstream
+
+    # ending -------------------------------------------------------------------------------------
+    async def cut(self, reason: EndReason, message: str) -> None:
+        """End every session with ``message`` to the user, then close the connection."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("gateway cutting a connection", client=self.client, why=message)
+        await asyncio.gather(*(r.cut(reason, message) for r in list(self.relays)))
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _grant_or_none(deps: Any, grant_id: str) -> Any:
+    from keyturn.domain.errors import NotFound
+
+    with deps.store.transaction() as tx:
+        try:
+            return tx.get_grant(grant_id)
+        except NotFound:
+            return None
+
+
+def _instrument(conn: asyncssh.SSHServerConnection, owner: Connection) -> None:
+    """Per-connection hooks into asyncssh (it offers no public ones for these):
+
+    * remember the certificate a user authenticated with and let :meth:`Connection.decide`
+      accept or refuse it (asyncssh checks signature, CA, window and source address first);
+    * let port, agent and X11 forwarding requests reach the gateway's own checks, which audit
+      every attempt (asyncssh would refuse them silently when the certificate lacks the
+      extension);
+    * audit agent and X11 forwarding requests, which the gateway never relays.
+    """
+    validate: Callable[..., Awaitable[Any]] = conn._validate_openssh_certificate
+    check_cert = conn.check_certificate_permission
+    agent = conn.create_agent_listener
+    x11 = conn.attach_x11_listener
+
+    async def validate_certificate(username: str, cert: Any) -> Any:
+        key = await validate(username, cert)
+        if key is None or not await owner.decide(username, cert):
+            return None
+        return key
+
+    def certificate_permission(permission: str) -> bool:
+        return True if permission in _FORWARDING else bool(check_cert(permission))
+
+    async def agent_listener() -> bool:
+        owner._refuse_later("agent_forwarding", "agent forwarding is not relayed", {})
+        return bool(await agent())
+
+    async def x11_listener(*args: Any) -> Any:
+        owner._refuse_later("x11_forwarding", "X11 forwarding is not relayed", {})
+        return await x11(*args)
+
+    setattr(conn, "_validate_openssh_certificate", validate_certificate)  # noqa: B010
+    setattr(conn, "check_certificate_permission", certificate_permission)  # noqa: B010
+    setattr(conn, "create_agent_listener", agent_listener)  # noqa: B010
+    setattr(conn, "attach_x11_listener", x11_listener)  # noqa: B010
+
+
+@dataclass(eq=False)
+class Relay:
+    """One session channel: recorded, relayed to the target, cut when its grant ends."""
+
+    owner: Connection
+    session: Session | None = None
+    writer: RecordingWriter | None = None
+    process: asyncssh.SSHClientProcess[bytes] | None = None
+    stdout: asyncssh.SSHWriter[bytes] | None = None
+    stderr: asyncssh.SSHWriter[bytes] | None = None
+    commands: CommandLog = field(default_factory=CommandLog)
+    _task: asyncio.Task[Any] | None = None
+    _cut: SessionCut | None = None
+    _record_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def deps(self) -> Any:
+        return self.owner.deps
+
+    async def run(
+        self,
+        stdin: asyncssh.SSHReader[bytes],
+        stdout: asyncssh.SSHWriter[bytes],
+        stderr: asyncssh.SSHWriter[bytes],
+    ) -> None:
+        """The channel's handler (asyncssh calls it when shell, exec or subsystem starts)."""
+        self._task = asyncio.current_task()
+        self.stdout, self.stderr = stdout, stderr
+        self.owner.relays.add(self)
+        chan = cast(asyncssh.SSHServerChannel[bytes], stdout.channel)
+        exit_status: int | None = None
+        reason = EndReason.CLOSED
+        try:
+            auth = self.owner.auth
+            if auth is None:
+                raise Forbidden("not authenticated")
+            kind, command = _kind(chan)
+            if not await self._allowed(auth, kind, command):
+                chan.exit(1)
+                return
+            await self._open(auth, kind, command, chan)
+            exit_status = await self._relay(stdin, stdout, stderr, kind)
+        except SessionCut as cut:
+            reason = cut.reason
+            await self._tell(f"\r\nkeyturn: {cut.message}; this session is closed.\r\n")
+            exit_status = 255
+        except asyncio.CancelledError:
+            why = self._cut or SessionCut(EndReason.GATEWAY_STOPPED, "the gateway stopped")
+            reason = why.reason
+            await self._tell(f"\r\nkeyturn: {why.message}; this session is closed.\r\n")
+            exit_status = 255
+        except KeyturnError as exc:
+            reason = (
+                EndReason.RECORDING_FAILED
+                if "recording" in exc.message
+                else EndReason.UPSTREAM_FAILED
+            )
+            log.error("gateway session failed", error=exc.message, client=self.owner.client)
+            await self._tell(f"keyturn: {exc.message}\r\n")
+            exit_status = 255
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            reason = EndReason.UPSTREAM_FAILED
+            log.error("gateway upstream failed", error=str(exc)[:300], client=self.owner.client)
+            await self._tell("keyturn: the target could not be reached or closed the session\r\n")
+            exit_status = 255
+        except Exception:  # a bug must still end the session on the record, never leave it live
+            reason = EndReason.ERROR
+            log.exception("gateway session crashed", client=self.owner.client)
+            await self._tell("keyturn: the gateway failed; this session is closed\r\n")
+            exit_status = 255
+        finally:
+            self.owner.relays.discard(self)
+            self.owner.channels -= 1
+            await self._finish(reason, exit_status)
+            with contextlib.suppress(OSError, asyncssh.Error):
+                if not chan.is_closing():
+                    chan.exit(exit_status if exit_status is not None else 255)
+
+    async def _allowed(self, auth: Authorized, kind: SessionKind, command: str | None) -> bool:
+        """File transfer per role; unknown subsystems never. Refusals are audited."""
+        chan_subsystem = command if kind is SessionKind.SFTP else None
+        transfer = kind is SessionKind.SFTP or (kind is SessionKind.EXEC and _is_scp(command or ""))
+        if chan_subsystem not in (None, "sftp"):
+            reason, message = "subsystem", f"subsystem {chan_subsystem[:64]!r} is not relayed"
+        elif transfer and auth.role.ssh.file_transfer != "record":
+            reason, message = (
+                "file_transfer",
+                f"file transfer is not allowed for role {auth.role.name}",
+            )
+        else:
+            return True
+        await asyncio.to_thread(
+            sessions.refused,
+            self.deps,
+            reason=reason,
+            message=message,
+            grant=auth.grant,
+            details={"client": self.owner.client, "command": (command or "")[:500]},
+        )
+        await self._tell(f"keyturn: {message}\r\n")
+        return False
+
+    async def _open(
+        self, auth: Authorized, kind: SessionKind, command: str | None, chan: Any
+    ) -> None:
+        """Recording first (refuse if it cannot be written), then the session row and event."""
+        width, height, _, _ = chan.get_terminal_size()
+        term = chan.get_terminal_type()
+        session = sessions.new_session(
+            self.deps, auth, kind=kind, command=command, client=self.owner.client
+        )
+        header = cast_header(
+            session,
+            width=width or 80,
+            height=height or 24,
+            term=term,
+            input_recorded=auth.role.ssh.record_input,
+        )
+        path = recording_path(self.owner.gw.config.recordings_dir, session.recording)
+        try:
+            self.writer = await asyncio.to_thread(
+                RecordingWriter, path, header, self.owner.gw.monotonic
+            )
+        except KeyturnError as exc:
+            await asyncio.to_thread(
+                sessions.refused,
+                self.deps,
+                reason="recording_unavailable",
+                message=exc.message,
+                grant=auth.grant,
+                details={"client": self.owner.client},
+            )
+            raise Forbidden("the session cannot be recorded, so it is refused") from exc
+        self.session = await asyncio.to_thread(
+            sessions.open_session,
+            self.deps,
+            session,
+            details={"connection": self.owner.id, "input_recorded": auth.role.ssh.record_input},
+        )
+        upstream = await self.owner.upstream()
+        if kind is SessionKind.SFTP:
+            self.process = await upstream.create_process(subsystem="sftp", encoding=None)
+        else:
+            self.process = await upstream.create_process(
+                command,
+                term_type=term,
+                term_size=chan.get_terminal_size() if term else None,
+                request_pty="force" if term else False,
+                encoding=None,
+            )
+
+    async def _relay(
+        self,
+        stdin: asyncssh.SSHReader[bytes],
+        stdout: asyncssh.SSHWriter[bytes],
+        stderr: asyncssh.SSHWriter[bytes],
+        kind: SessionKind,
+    ) -> int | None:
+        process = self.process
+        if process is None:
+            raise Forbidden("no upstream session")
+        sftp = SftpObserver() if kind is SessionKind.SFTP else None
+        pumps = [
+            asyncio.create_task(self._from_target(process.stdout, stdout, sftp)),
+            asyncio.create_task(self._from_target(process.stderr, stderr, None)),
+        ]
+        upload = asyncio.create_task(self._to_target(stdin, process, sftp))
+        try:
+            await asyncio.gather(*pumps)
+            result = await process.wait(check=False)
+        finally:
+            upload.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await upload
+        if result.exit_signal:
+            signal_name, core, message, lang = result.exit_signal
+            chan = cast(asyncssh.SSHServerChannel[bytes], stdout.channel)
+            chan.exit_with_signal(signal_name, core, message, lang)
+            return None
+        return result.exit_status if result.exit_status is not None else 255
+
+    async def _from_target(
+        self,
+        source: asyncssh.SSHReader[bytes],
+        sink: asyncssh.SSHWriter[bytes],
+        sftp: SftpObserver | None,
+    ) -> None:
+        text = TextStream()
+        while data := await source.read(READ_SIZE):
+            self.owner.gw.stats.upstream_bytes += len(data)
+            if sftp is not None:
+                await self._file_events(sftp.from_server(data))
+            else:
+                self.commands.output(data)
+                await self._record("o", text.feed(data), len(data))
+            sink.write(data)
+            await sink.drain()
+        if sftp is None:
+            await self._record("o", text.flush(), 0)
+
+    async def _to_target(
+        self,
+        stdin: asyncssh.SSHReader[bytes],
+        process: asyncssh.SSHClientProcess[bytes],
+        sftp: SftpObserver | None,
+    ) -> None:
+        auth = self.owner.auth
+        record_input = bool(auth and auth.role.ssh.record_input)
+        text = TextStream()
+        while True:
+            try:
+                data = await stdin.read(READ_SIZE)
+            except asyncssh.TerminalSizeChanged as exc:
+                process.change_terminal_size(exc.width, exc.height, exc.pixwidth, exc.pixheight)
+                await self._record("r", f"{exc.width}x{exc.height}", 0)
+                continue
+            except asyncssh.SignalReceived as exc:
+                process.send_signal(exc.signal)
+                continue
+            except asyncssh.BreakReceived as exc:
+                process.send_break(exc.msec)
+                continue
+            if not data:
+                process.stdin.write_eof()
+                return
+            if sftp is not None:
+                await self._file_events(sftp.from_client(data))
+            else:
+                if record_input:
+                    await self._record("i", text.feed(data), 0)
+                lines = self.commands.input(data)
+                if lines and self.session is not None:
+                    await asyncio.to_thread(
+                        sessions.session_event,
+                        self.deps,
+                        self.session,
+                        "session.command",
+                        [{"command": line, "best_effort": True} for line in lines],
+                    )
+            process.stdin.write(data)
+            await process.stdin.drain()
+
+    async def _record(self, code: str, text: str, size: int) -> None:
+        """Write one event before its data is relayed (fail closed on error)."""
+        if not text or self.writer is None:
+            return
+        writer = self.writer
+        async with self._record_lock:
+            await asyncio.to_thread(writer.event, code, text)
+        self.owner.gw.stats.recorded_bytes += size
+
+    async def _file_events(self, events: list[dict[str, Any]]) -> None:
+        if not events or self.session is None:
+            return
+        for event in events:
+            await self._record(
+                "o",
+                f"keyturn sftp: {event['op']} {event.get('path', '')} {event.get('bytes', '')}\r\n",
+                0,
+            )
+        await asyncio.to_thread(
+            sessions.session_event, self.deps, self.session, "session.file", events
+        )
+
+    async def _tell(self, message: str) -> None:
+        sink = self.stderr
+        if sink is None:
+            return
+        with contextlib.suppress(OSError, asyncssh.Error, BrokenPipeError):
+            sink.write(message.encode())
+            await asyncio.wait_for(sink.drain(), timeout=0.5)
+
+    async def cut(self, reason: EndReason, message: str) -> None:
+        """End this session now, telling the user why."""
+        self._cut = SessionCut(reason, message)
+        if self.process is not None:
+            self.process.close()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout=1.5)
+
+    async def _finish(self, reason: EndReason, exit_status: int | None) -> None:
+        if self.process is not None:
+            self.process.close()
+        digest = None
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            try:
+                digest = await asyncio.to_thread(writer.close)
+            except KeyturnError as exc:
+                log.error("recording could not be closed", error=exc.message)
+        if self.session is not None:
+            self.session = await asyncio.to_thread(
+                sessions.end_session,
+                self.deps,
+                self.session,
+                reason=reason,
+                exit_status=exit_status,
+                digest=digest,
+            )
+
+
+def _kind(chan: Any) -> tuple[SessionKind, str | None]:
+    subsystem = chan.get_subsystem()
+    if subsystem is not None:
+        return SessionKind.SFTP, str(subsystem)
+    command = chan.get_command()
+    return (SessionKind.EXEC, str(command)) if command is not None else (SessionKind.SHELL, None)
+
+
+def _is_scp(command: str) -> bool:
+    """``scp -t``/``scp -f`` (the legacy scp protocol runs as a remote command)."""
+    words = command.split()
+    return bool(words) and Path(words[0]).name == "scp"
+
+
+class GatewayThread:
+    """The gateway on its own event loop in a background thread (tests, the demo)."""
+
+    def __init__(self, app: App, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.gateway = Gateway(app, monotonic)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def start(self) -> GatewayThread:
+        """Start listening; return when it accepts connections."""
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(30)
+        return self
+
+    def call(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        """Run a coroutine on the gateway's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """End every session, stop the loop and the thread."""
+        with contextlib.suppress(Exception):
+            self.call(self.gateway.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def serve(app: App) -> None:
+    """Run the gateway until SIGINT or SIGTERM (``keyturn gateway``)."""
+
+    async def main() -> None:
+        gateway = Gateway(app)
+        await gateway.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gateway.stop()
+        log.info("gateway stopped")
+
+    asyncio.run(main())
