@@ -179,38 +179,56 @@ class TextStream:
 _CSI_OR_ESC = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)", re.S)
 
 
+#: how much output may follow a typed line before its echo is no longer looked for
+ECHO_WINDOW = 16 * 1024
+
+
 @dataclass
 class CommandLog:
     """Best-effort command lines typed at an interactive prompt.
 
     Input is kept as a line buffer (backspace, Ctrl-U and Ctrl-C edit it; escape sequences such
-    as arrow keys are dropped) and a line is reported when Enter is pressed **and** the text was
-    echoed back by the terminal: a password typed at a prompt with echo off is never reported.
+    as arrow keys are dropped). A line is reported once Enter was pressed **and** the terminal
+    echoed its text, before or after the Enter (typed or pasted), within :data:`ECHO_WINDOW`
+    characters of output: a password typed at a prompt with echo off is never reported.
     Best-effort by nature: history recall, tab completion and full-screen programs are not
     understood; the recording is the authoritative record.
     """
 
     _line: list[str] = field(default_factory=list)
-    _echo: str = ""
+    _line_start: int | None = None
+    _pending: list[tuple[str, int]] = field(default_factory=list)
+    _out: str = ""
+    _out_base: int = 0
     _input: TextStream = field(default_factory=TextStream)
     _output: TextStream = field(default_factory=TextStream)
 
-    def output(self, data: bytes) -> None:
-        """Terminal output seen since the line started (kept to what a line could need)."""
+    @property
+    def _out_end(self) -> int:
+        return self._out_base + len(self._out)
+
+    def output(self, data: bytes) -> list[str]:
+        """Feed terminal output; return the pending lines whose echo it completed."""
         text = _CSI_OR_ESC.sub("", self._output.feed(data))
-        self._echo = (self._echo + text)[-(COMMAND_LINE_MAX * 4) :]
+        self._out += text
+        if len(self._out) > 2 * ECHO_WINDOW:
+            cut = len(self._out) - ECHO_WINDOW
+            self._out, self._out_base = self._out[cut:], self._out_base + cut
+        return self._echoed()
 
     def input(self, data: bytes) -> list[str]:
-        """Feed keystrokes; return the lines completed by them (stripped, non-empty, echoed)."""
-        done: list[str] = []
+        """Feed keystrokes; return the lines completed by them whose echo was already seen."""
         text = _CSI_OR_ESC.sub("", self._input.feed(data))
         for char in text:
+            if self._line_start is None:
+                self._line_start = self._out_end
             if char in "\r\n":
                 line = "".join(self._line).strip()
-                if line and line in self._echo:
-                    done.append(line[:COMMAND_LINE_MAX])
+                if line:
+                    self._pending.append((line[:COMMAND_LINE_MAX], self._line_start))
+                    del self._pending[:-16]
                 self._line.clear()
-                self._echo = ""
+                self._line_start = None
             elif char in "\x7f\x08":
                 if self._line:
                     self._line.pop()
@@ -218,4 +236,15 @@ class CommandLog:
                 self._line.clear()
             elif char >= " " and len(self._line) < COMMAND_LINE_MAX * 2:
                 self._line.append(char)
+        return self._echoed()
+
+    def _echoed(self) -> list[str]:
+        done, keep = [], []
+        for line, start in self._pending:
+            since = self._out[max(0, start - self._out_base) :]
+            if start >= self._out_base and line in since:
+                done.append(line)
+            elif start >= self._out_base and len(since) < ECHO_WINDOW:
+                keep.append((line, start))
+        self._pending = keep
         return done

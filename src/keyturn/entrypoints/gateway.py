@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
 import threading
 import time
@@ -35,6 +36,8 @@ from typing import Any, cast
 
 import asyncssh
 import structlog
+from asyncssh.constants import EXTENDED_DATA_STDERR
+from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
 
 from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_create_ca
@@ -333,8 +336,7 @@ class Connection(asyncssh.SSHServer):
             self.refused_channels += 1
             return False
         self.channels += 1
-        relay = Relay(self)
-        return relay.run
+        return _RelayedSession(Relay(self).run)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -446,6 +448,28 @@ class Connection(asyncssh.SSHServer):
         await asyncio.gather(*(r.cut(reason, message) for r in list(self.relays)))
         if self.conn is not None:
             self.conn.close()
+
+
+class _RelayedSession(SSHServerStreamSession[bytes]):
+    """asyncssh's stream session, except that every subsystem reaches the relay (which
+    relays or refuses it, and audits either) instead of asyncssh's own sftp server."""
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """Accept the request; :meth:`Relay.run` decides."""
+        return True
+
+    def session_started(self) -> None:
+        """Hand the channel's streams to the relay, whatever the session runs."""
+        chan = self._chan
+        handler = self._session_factory
+        if chan is None or handler is None or self._conn is None:
+            return
+        stdin = SSHReader[bytes](self, chan)
+        stdout = SSHWriter[bytes](self, chan)
+        stderr = SSHWriter[bytes](self, chan, EXTENDED_DATA_STDERR)
+        result = handler(stdin, stdout, stderr)
+        if inspect.isawaitable(result):
+            self._conn.create_task(result, stdin.logger)
 
 
 def _grant_or_none(deps: Any, grant_id: str) -> Any:
@@ -689,8 +713,8 @@ class Relay:
             if sftp is not None:
                 await self._file_events(sftp.from_server(data))
             else:
-                self.commands.output(data)
                 await self._record("o", text.feed(data), len(data))
+                await self._log_commands(self.commands.output(data))
             sink.write(data)
             await sink.drain()
         if sftp is None:
@@ -726,17 +750,19 @@ class Relay:
             else:
                 if record_input:
                     await self._record("i", text.feed(data), 0)
-                lines = self.commands.input(data)
-                if lines and self.session is not None:
-                    await asyncio.to_thread(
-                        sessions.session_event,
-                        self.deps,
-                        self.session,
-                        "session.command",
-                        [{"command": line, "best_effort": True} for line in lines],
-                    )
+                await self._log_commands(self.commands.input(data))
             process.stdin.write(data)
             await process.stdin.drain()
+
+    async def _log_commands(self, lines: list[str]) -> None:
+        if lines and self.session is not None:
+            await asyncio.to_thread(
+                sessions.session_event,
+                self.deps,
+                self.session,
+                "session.command",
+                [{"command": line, "best_effort": True} for line in lines],
+            )
 
     async def _record(self, code: str, text: str, size: int) -> None:
         """Write one event before its data is relayed (fail closed on error)."""
