@@ -81,7 +81,8 @@ def test_exec_relays_stdout_stderr_and_exit_status_and_records_them(lab: Gateway
     started = only(lab, "session.started")
     ended = only(lab, "session.ended")
     session_id = started.subject["session_id"]
-    assert started.subject["grant_id"] == view.grant.id if view.grant else False
+    assert view.grant is not None
+    assert started.subject["grant_id"] == view.grant.id
     assert started.details["command"] == "echo hello; echo oops >&2; exit 3"
     assert ended.details["exit_status"] == 3
     assert ended.details["reason"] == "closed"
@@ -90,7 +91,8 @@ def test_exec_relays_stdout_stderr_and_exit_status_and_records_them(lab: Gateway
     assert header["keyturn"]["grant_id"] == started.subject["grant_id"]
     assert header["keyturn"]["user_id"] == "alice"
     assert header["keyturn"]["target"] == "db-1"
-    assert "hello\n" in output_of(events) and "oops\n" in output_of(events)
+    assert "hello\n" in output_of(events)
+    assert "oops\n" in output_of(events)
     assert audit_log.verify(lab.app.deps).ok
 
 
@@ -176,7 +178,8 @@ def _sign(
 
 def test_a_certificate_from_another_ca_is_refused(lab: GatewayLab, tmp_path: Path) -> None:
     view = lab.grant()
-    assert view.grant is not None and view.grant.serial is not None
+    assert view.grant is not None
+    assert view.grant.serial is not None
     other_ca = ed25519.Ed25519PrivateKey.generate()
     forged = _sign(lab, other_ca, key_id(view.grant), view.grant.serial, tmp_path / "f-cert.pub")
     assert lab.ssh("db-1", "true", cert=forged).returncode == 255
@@ -187,7 +190,8 @@ def test_a_certificate_with_the_gateways_own_key_id_is_refused(
     lab: GatewayLab, tmp_path: Path
 ) -> None:
     view = lab.grant()
-    assert view.grant is not None and view.grant.serial is not None
+    assert view.grant is not None
+    assert view.grant.serial is not None
     ca = load_or_create_ca(lab.app.deps.config.ssh_ca.key_path)
     upstream_id = gateway_key_id(view.grant, "con_0123")
     cert = _sign(lab, ca, upstream_id, view.grant.serial, tmp_path / "g-cert.pub")
