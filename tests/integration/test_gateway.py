@@ -27,6 +27,7 @@ from keyturn.adapters.providers.ssh_ca import (
 from keyturn.adapters.recording import RecordingWriter
 from keyturn.domain.ssh_keys import parse_user_public_key
 from keyturn.domain.terminal import neutralize
+from keyturn.entrypoints.cli_gateway import render_ssh_config
 from keyturn.lab import free_port
 from keyturn.service import audit_log, grants
 from tests.integration.gateway_lab import GatewayLab, gateway_lab
@@ -415,3 +416,40 @@ def test_output_faster_than_the_disk_is_back_pressured(
     assert max(ahead) <= 2 * 65536 + 1, max(ahead)
     ended = only(lab, "session.ended")
     assert ended.details["bytes"] > size  # JSON-escaped NULs: every byte is in the recording
+
+
+def test_the_printed_ssh_config_makes_ssh_target_go_through_the_gateway(
+    lab: GatewayLab, tmp_path: Path
+) -> None:
+    lab.grant()
+    config = lab.app.deps.config.model_copy(
+        update={"gateway": lab.app.deps.config.gateway.model_copy(update={"port": lab.port})}
+    )
+    text = render_ssh_config(config, lab.gateway.gateway.host_key_line, str(lab.key))
+    known, _, ssh_config = text.partition("# ~/.ssh/config")
+    (tmp_path / "kh").write_text(known)
+    (tmp_path / "cfg").write_text(ssh_config)
+    result = subprocess.run(
+        [
+            "ssh",
+            "-F",
+            str(tmp_path / "cfg"),
+            "-o",
+            f"UserKnownHostsFile={tmp_path / 'kh'}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentityAgent=none",
+            "db-1",
+            "echo via-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "via-config\n"
+    assert "corp-directory: no host_key" in text

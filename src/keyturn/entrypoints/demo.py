@@ -9,6 +9,7 @@ state). Exits 0 only if every outcome is the expected one.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from keyturn.entrypoints import cli_render as render
 from keyturn.entrypoints.api.app import token_digest
 from keyturn.entrypoints.cli import cert_path_for
 from keyturn.entrypoints.cli_client import Client, Settings
+from keyturn.entrypoints.gateway import GatewayThread
 from keyturn.entrypoints.server import Server, record_start
 from keyturn.lab import (
     Alertmanager,
@@ -43,6 +46,7 @@ from keyturn.lab import (
     make_user_key,
     ssh_login,
 )
+from keyturn.ports import Clock
 from keyturn.service import break_glass
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "keyturn.yaml"
@@ -85,6 +89,15 @@ def _config(
     for target in data["targets"]:
         if target["name"] in sshd_ports:
             target["port"] = sshd_ports[target["name"]]
+            target["login"] = getpass.getuser()
+            host_key = tmp / f"sshd-{target['name']}" / "host_ed25519"
+            target["host_key"] = host_key.with_name(host_key.name + ".pub").read_text().strip()
+    data["gateway"] = {
+        "port": free_port(),
+        "host_key_path": str(tmp / "ca" / "gateway_host_key"),
+        "recordings_dir": str(tmp / "recordings"),
+        "grant_check_interval": "PT0.2S",
+    }
     for schedule in data["oncall"]["schedules"]:
         schedule["ical"] = str(EXAMPLE.parent / schedule["ical"])
     data["policy"]["tests"] = str(EXAMPLE.parent / data["policy"]["tests"])
@@ -147,6 +160,8 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
         krl,
         ["server-admin@db-2", "db-schema-admin@db-2"],
     )
+    for sshd in (db1, db2):  # host keys first: the gateway's configuration names them
+        make_user_key(sshd.workdir / "host_ed25519", "keyturn-lab-host")
     port = free_port()
     directory = example_directory(tmp / "slapd")
     password_env = {"KEYTURN_LDAP_PASSWORD": directory.service_password}
@@ -189,6 +204,14 @@ def _play(story: Story, tmp: Path, window_s: int) -> None:
                 db2=db2,
                 directory=directory,
                 window_s=window_s,
+            )
+            _gateway_scene(
+                story,
+                wired=wired,
+                clients=clients,
+                alice_key=keys["alice"],
+                port=port,
+                sam_token=tokens["sam"],
             )
             _break_glass_scene(
                 story,
@@ -460,9 +483,127 @@ def _break_glass_scene(
     _ssh(story, "alice (old kit's cert)", db1, alice_key, target="db-1", expected="refused")
 
 
-def _run_cli(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``keyturn`` command line of this interpreter (no server URL, no token)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+def _gateway_scene(
+    story: Story,
+    *,
+    wired: bootstrap.App,
+    clients: dict[str, Client],
+    alice_key: Path,
+    port: int,
+    sam_token: str,
+) -> None:
+    """alice works on db-1 through the recording gateway; her grant ends and so does her open
+    session; sam replays the recording."""
+    gateway = GatewayThread(wired).start()
+    try:
+        known_hosts = alice_key.with_name("known_hosts")
+        known_hosts.write_text(f"[127.0.0.1]:{gateway.port} {gateway.gateway.host_key_line}\n")
+        story.say(
+            f"the recording SSH gateway listens on :{gateway.port}; alice runs "
+            f"'ssh -p {gateway.port} db-1@127.0.0.1' with her Keyturn certificate"
+        )
+        ask = {
+            "role": "server-admin",
+            "target": "db-1",
+            "duration": "PT8S",
+            "justification": "INC-4712: check replication lag on db-1 after the failover",
+        }
+        data = _request(story, clients["alice"], "alice", ask, alice_key)
+        for reviewer in ("carol", "erin"):
+            if data["status"] == "pending":
+                data = clients[reviewer].call("POST", f"/v1/requests/{data['id']}/approve", json={})
+        _save_cert(data, alice_key)
+        story.expect("alice's grant for the gateway session", data["status"], "approved")
+        if data["status"] != "approved":
+            return
+        not_after = datetime.fromisoformat(data["grant"]["not_after"].replace("Z", "+00:00"))
+        ended = _gateway_session(
+            story,
+            gateway_port=gateway.port,
+            key=alice_key,
+            known_hosts=known_hosts,
+            not_after=not_after,
+            clock=wired.deps.clock,
+        )
+        sessions = clients["sam"].call(
+            "GET", "/v1/sessions", params={"grant_id": data["grant"]["id"]}
+        )
+        session = sessions["items"][0] if sessions["items"] else {}
+        story.expect("session ended because", str(session.get("end_reason")), "grant_ended")
+        story.expect("cut within 2 s of the grant's end", str(ended <= 2.0), "True")
+        story.say(f"sam replays {session.get('id')} (keyturn sessions play, 4x speed):")
+        replay = _run_cli(
+            "sessions",
+            "play",
+            str(session.get("id")),
+            "--speed",
+            "4",
+            stdin="",
+            env={"KEYTURN_URL": f"http://127.0.0.1:{port}", "KEYTURN_TOKEN": sam_token},
+        )
+        for line in replay.stdout.splitlines():
+            print(f"    | {line}", flush=True)
+        story.expect("replay shows what alice ran", str("replication-ok" in replay.stdout), "True")
+        verify = clients["sam"].call("GET", "/v1/audit/verify")
+        story.expect("audit verify (recording hashes included)", str(verify["ok"]), "True")
+    finally:
+        gateway.stop()
+
+
+def _gateway_session(
+    story: Story,
+    *,
+    gateway_port: int,
+    key: Path,
+    known_hosts: Path,
+    not_after: datetime,
+    clock: Clock,
+) -> float:
+    """An interactive session through the gateway that is still open when the grant ends;
+    returns the seconds from ``not_after`` to the moment ssh exited."""
+    args = [
+        "ssh",
+        "-tt",
+        "-F",
+        "/dev/null",
+        "-i",
+        str(key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-p",
+        str(gateway_port),
+        "db-1@127.0.0.1",
+    ]
+    with subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        if proc.stdin is not None:
+            proc.stdin.write(b"echo replication-ok; date -u +%T\n")
+            proc.stdin.flush()
+        story.say("  alice's shell is open; she leaves it running …")
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = b""
+        exited = clock.now()
+    told = [ln for ln in output.decode(errors="replace").splitlines() if "keyturn:" in ln]
+    story.say(f"  the gateway told her: {told[-1].strip() if told else '(nothing)'}")
+    return (exited - not_after).total_seconds()
+
+
+def _run_cli(
+    *args: str, stdin: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``keyturn`` command line of this interpreter (no server URL or token unless
+    ``env`` gives them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")} | (env or {})
     return subprocess.run(
         [sys.executable, "-c", "from keyturn.entrypoints.cli import main; main()", *args],
         input=stdin,
