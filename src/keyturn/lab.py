@@ -180,6 +180,7 @@ class Sshd:
                     "StrictModes no",
                     "PermitRootLogin prohibit-password",
                     "LogLevel VERBOSE",
+                    "Subsystem sftp internal-sftp",
                     "",
                 ]
             )

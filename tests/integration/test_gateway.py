@@ -453,3 +453,33 @@ def test_the_printed_ssh_config_makes_ssh_target_go_through_the_gateway(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "via-config\n"
     assert "corp-directory: no host_key" in text
+
+
+def test_sftp_is_relayed_with_file_names_and_sizes_when_the_role_records_it(
+    tmp_path: Path,
+) -> None:
+    def record_transfers(data: dict[str, Any]) -> None:
+        for role in data["roles"]:
+            if role["name"] == "server-admin":
+                role["ssh"]["file_transfer"] = "record"
+
+    with gateway_lab(tmp_path / "lab", change=record_transfers) as lab:
+        lab.grant()
+        upload = tmp_path / "payload.bin"
+        upload.write_bytes(b"x" * 100_000)
+        remote = tmp_path / "remote-copy.bin"
+        back = tmp_path / "back.bin"
+        batch = tmp_path / "batch"
+        batch.write_text(f"put {upload} {remote}\nget {remote} {back}\nrm {remote}\n")
+        sftp = ["sftp", "-b", str(batch), *lab.ssh_args("db-1")[1:]]
+        sftp[sftp.index("-p")] = "-P"
+        result = subprocess.run(sftp, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert back.read_bytes() == upload.read_bytes()
+        files = [e.details for e in lab.events("session.file")]
+        closes = [f for f in files if f["op"] == "close" and f["path"] == str(remote)]
+        assert [c["bytes_written"] for c in closes if "write" in c["mode"]] == [100_000]
+        assert [c["bytes_read"] for c in closes if c["mode"] == "read"] == [100_000]
+        assert {"op": "remove", "path": str(remote)} in files
+        session_id = only(lab, "session.started").subject["session_id"]
+        assert "keyturn sftp: open" in output_of(cast_events(lab, session_id)[1])
