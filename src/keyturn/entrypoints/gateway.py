@@ -39,6 +39,7 @@ import structlog
 from asyncssh.constants import EXTENDED_DATA_STDERR
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
+from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_create_ca
 from keyturn.adapters.recording import RecordingWriter, recording_path
@@ -190,7 +191,7 @@ class Gateway:
                 ended = await asyncio.to_thread(
                     sessions.grants_ended, self.deps, {c.auth.grant.id for c in live if c.auth}
                 )
-            except Exception as exc:  # the store is down: keep watching, say so
+            except (KeyturnError, SQLAlchemyError, OSError) as exc:  # store down: keep watching
                 log.error("cannot read grants of live sessions", error=str(exc)[:300])
                 continue
             for conn in live:
@@ -336,7 +337,11 @@ class Connection(asyncssh.SSHServer):
             self.refused_channels += 1
             return False
         self.channels += 1
-        return _RelayedSession(Relay(self).run)
+        return _RelayedSession(Relay(self).run, self._channel_unused)
+
+    def _channel_unused(self) -> None:
+        """A session channel closed before it ran anything: it no longer counts."""
+        self.channels -= 1
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -454,9 +459,20 @@ class _RelayedSession(SSHServerStreamSession[bytes]):
     """asyncssh's stream session, except that every subsystem reaches the relay (which
     relays or refuses it, and audits either) instead of asyncssh's own sftp server."""
 
+    def __init__(self, handler: Callable[..., Awaitable[None]], unused: Callable[[], None]):
+        super().__init__(handler)
+        self._unused: Callable[[], None] | None = unused
+
     def subsystem_requested(self, subsystem: str) -> bool:
         """Accept the request; :meth:`Relay.run` decides."""
         return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Give the channel back to the connection's count if it never ran."""
+        if self._unused is not None:
+            self._unused()
+            self._unused = None
+        super().connection_lost(exc)
 
     def session_started(self) -> None:
         """Hand the channel's streams to the relay, whatever the session runs."""
@@ -467,6 +483,7 @@ class _RelayedSession(SSHServerStreamSession[bytes]):
         stdin = SSHReader[bytes](self, chan)
         stdout = SSHWriter[bytes](self, chan)
         stderr = SSHWriter[bytes](self, chan, EXTENDED_DATA_STDERR)
+        self._unused = None  # the relay gives the channel back when it ends
         result = handler(stdin, stdout, stderr)
         if inspect.isawaitable(result):
             self._conn.create_task(result, stdin.logger)
