@@ -483,3 +483,23 @@ def test_sftp_is_relayed_with_file_names_and_sizes_when_the_role_records_it(
         assert {"op": "remove", "path": str(remote)} in files
         session_id = only(lab, "session.started").subject["session_id"]
         assert "keyturn sftp: open" in output_of(cast_events(lab, session_id)[1])
+
+
+def test_a_character_split_between_reads_is_relayed_only_once_recorded(lab: GatewayLab) -> None:
+    """The first byte of 'é' arrives a second before the second: the gateway holds it (it could
+    not be recorded alone) and relays the whole character once it is in the recording."""
+    lab.grant()
+    stats = lab.gateway.gateway.stats
+    with subprocess.Popen(
+        [*lab.ssh_args("db-1"), r"printf '\303'; sleep 1; printf '\251\n'"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        assert proc.wait(30) == 0
+    assert out == "é\n".encode()
+    session_id = only(lab, "session.started").subject["session_id"]
+    events = [e for e in cast_events(lab, session_id)[1] if e[1] == "o"]
+    assert output_of(events) == "é\n"
+    assert stats.upstream_bytes == stats.recorded_bytes == 3

@@ -171,12 +171,19 @@ class TextStream:
         """The text completed by ``data``."""
         return self._decoder.decode(data)
 
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished character the decoder holds (0 to 3)."""
+        buffered: bytes = self._decoder.getstate()[0]
+        return len(buffered)
+
     def flush(self) -> str:
         """What is left at the end of the stream."""
         return self._decoder.decode(b"", final=True)
 
 
-_CSI_OR_ESC = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)", re.S)
+#: CSI, OSC, SS3 (``ESC O A``: cursor keys in application mode, F1 to F4) or another escape
+_CSI_OR_ESC = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|O.|.)", re.S)
 
 
 #: how much output may follow a typed line before its echo is no longer looked for
@@ -189,8 +196,12 @@ class CommandLog:
 
     Input is kept as a line buffer (backspace, Ctrl-U and Ctrl-C edit it; escape sequences such
     as arrow keys are dropped). A line is reported once Enter was pressed **and** the terminal
-    echoed its text, before or after the Enter (typed or pasted), within :data:`ECHO_WINDOW`
-    characters of output: a password typed at a prompt with echo off is never reported.
+    echoed it: a line of output after the first keystroke ends with its text (backspaces
+    applied), before or after the Enter (typed, pasted, or echoed late over a slow link),
+    within :data:`ECHO_WINDOW` characters of output. Terminals echo lines in the order they
+    were typed, so once a later line's echo is seen an earlier line that had none is dropped.
+    A password typed at a prompt with echo off is therefore not reported even when the prompt,
+    or the output of the next command, contains its text.
     Best-effort by nature: history recall, tab completion and full-screen programs are not
     understood; the recording is the authoritative record.
     """
@@ -239,12 +250,43 @@ class CommandLog:
         return self._echoed()
 
     def _echoed(self) -> list[str]:
+        """Report pending lines whose echo is seen, latest first so that each earlier line must
+        be echoed before the next one's echo; drop those that can no longer be."""
         done, keep = [], []
-        for line, start in self._pending:
-            since = self._out[max(0, start - self._out_base) :]
-            if start >= self._out_base and line in since:
+        bound = self._out_end  # an earlier line's echo must end before the next one's began
+        for line, start in reversed(self._pending):
+            if start < self._out_base:
+                continue
+            region = self._out[start - self._out_base : bound - self._out_base]
+            found = _echo_line(region, line)
+            if found is not None:
                 done.append(line)
-            elif start >= self._out_base and len(since) < ECHO_WINDOW:
+                bound = start + found
+            elif bound == self._out_end and self._out_end - start < ECHO_WINDOW:
                 keep.append((line, start))
-        self._pending = keep
-        return done
+        self._pending = keep[::-1]
+        return done[::-1]
+
+
+def _echo_line(text: str, line: str) -> int | None:
+    """Where the first complete line of ``text`` that ends with ``line`` begins (backspaces
+    applied; a trailing CR and blanks ignored), or None."""
+    begin = 0
+    while (end := text.find("\n", begin)) != -1:
+        if _erased(text[begin:end]).rstrip(" \r").endswith(line):
+            return begin
+        begin = end + 1
+    return None
+
+
+def _erased(text: str) -> str:
+    """``text`` as a terminal leaves it: each backspace erases the character before it."""
+    if "\b" not in text:
+        return text
+    kept: list[str] = []
+    for char in text:
+        if char != "\b":
+            kept.append(char)
+        elif kept:
+            kept.pop()
+    return "".join(kept)

@@ -725,17 +725,25 @@ class Relay:
         sftp: SftpObserver | None,
     ) -> None:
         text = TextStream()
+        held = b""  # the start of a character split between reads: relayed once it is recorded
         while data := await source.read(READ_SIZE):
             self.owner.gw.stats.upstream_bytes += len(data)
             if sftp is not None:
                 await self._file_events(sftp.from_server(data))
+                out = data
             else:
-                await self._record("o", text.feed(data), len(data))
+                recorded = text.feed(data)
+                out, held = _complete(held + data, text.pending)
+                await self._record("o", recorded, len(out))
                 await self._log_commands(self.commands.output(data))
-            sink.write(data)
-            await sink.drain()
+            if out:
+                sink.write(out)
+                await sink.drain()
         if sftp is None:
-            await self._record("o", text.flush(), 0)
+            await self._record("o", text.flush(), len(held))
+            if held:
+                sink.write(held)
+                await sink.drain()
 
     async def _to_target(
         self,
@@ -782,12 +790,11 @@ class Relay:
             )
 
     async def _record(self, code: str, text: str, size: int) -> None:
-        """Write one event before its data is relayed (fail closed on error)."""
-        if not text or self.writer is None:
-            return
+        """Write one event before its ``size`` bytes are relayed (fail closed on error)."""
         writer = self.writer
-        async with self._record_lock:
-            await asyncio.to_thread(writer.event, code, text)
+        if text and writer is not None:
+            async with self._record_lock:
+                await asyncio.to_thread(writer.event, code, text)
         self.owner.gw.stats.recorded_bytes += size
 
     async def _file_events(self, events: list[dict[str, Any]]) -> None:
@@ -841,6 +848,12 @@ class Relay:
                 exit_status=exit_status,
                 digest=digest,
             )
+
+
+def _complete(data: bytes, pending: int) -> tuple[bytes, bytes]:
+    """``data`` cut before the last ``pending`` bytes (an unfinished UTF-8 character, not yet
+    in the recording): what may be relayed now, and what is held until it completes."""
+    return (data[: len(data) - pending], data[len(data) - pending :]) if pending else (data, b"")
 
 
 def _kind(chan: Any) -> tuple[SessionKind, str | None]:
