@@ -24,6 +24,7 @@ format: venv
 bench: sysdeps-test venv
 	$(BIN)/python bench/policy_decision.py
 	$(BIN)/python bench/revocation_lag.py
+	$(BIN)/python bench/gateway.py
 
 sysdeps-build:
 	@scripts/system-deps.sh build
