@@ -72,8 +72,11 @@ class Api:
 
 @pytest.fixture
 def wired(tmp_path: Path) -> Iterator[App]:
-    """The real Keyturn: SQLite store in tmp_path and the real SSH certificate provider."""
-    app = bootstrap.build(load(example_data(tmp_path)))
+    """The real Keyturn: SQLite store in tmp_path, the real SSH certificate provider, session
+    recordings read from ``tmp_path/recordings``."""
+    data = example_data(tmp_path)
+    data["gateway"] = {"recordings_dir": str(tmp_path / "recordings")}
+    app = bootstrap.build(load(data))
     yield app
     app.close()
 

@@ -41,6 +41,9 @@ _TOKEN = re.compile(
 )
 
 
+_STRING_START = re.compile(r"\x1b[\]PX^_]")
+
+
 def _keep(match: re.Match[str]) -> str:
     if match.group("csi"):
         final, params = match.group("final"), match.group("params")
@@ -67,11 +70,10 @@ class TerminalFilter:
         """The safe part of ``text``; an unfinished sequence at its end waits for the next."""
         text = self._carry + text
         self._carry = ""
-        last = text.rfind("\x1b")
-        if last != -1 and len(text) - last <= CARRY_MAX:
-            match = _TOKEN.match(text, last)
-            if match is None or match.group("lone") or _unfinished(text, last):
-                text, self._carry = text[:last], text[last:]
+        for start in (_open_string(text), _open_escape(text)):
+            if start is not None and len(text) - start <= CARRY_MAX:
+                text, self._carry = text[:start], text[start:]
+                break
         return _TOKEN.sub(_keep, text)
 
     def flush(self) -> str:
@@ -80,12 +82,21 @@ class TerminalFilter:
         return _TOKEN.sub(_keep, rest)
 
 
-def _unfinished(text: str, start: int) -> bool:
-    """An OSC/DCS/… string starting at ``start`` has no terminator yet."""
-    if start + 1 < len(text) and text[start + 1] in "]PX^_":
-        body = text[start + 2 :]
-        return "\x07" not in body and "\x1b\\" not in body
-    return False
+def _open_string(text: str) -> int | None:
+    """Where the first OSC/DCS/SOS/PM/APC string that has no terminator yet starts: the rest of
+    the stream may still end it, and everything after it belongs to it until then."""
+    bel, st = text.rfind("\x07"), text.rfind("\x1b\\")
+    found = _STRING_START.search(text, max(bel + 1, st + 2 if st != -1 else 0))
+    return found.start() if found else None
+
+
+def _open_escape(text: str) -> int | None:
+    """Where a last ESC starts that begins no complete sequence yet (``ESC [ 3`` …)."""
+    last = text.rfind("\x1b")
+    if last == -1:
+        return None
+    match = _TOKEN.match(text, last)
+    return last if match is None or match.group("lone") else None
 
 
 def neutralize(text: str) -> str:

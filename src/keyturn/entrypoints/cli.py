@@ -646,5 +646,6 @@ def main() -> None:
         sys.exit(exit_code(exc))
 
 
-# The break-glass commands live in their own module; importing it registers them on ``app``.
-from keyturn.entrypoints import cli_break_glass  # noqa: E402, F401
+# The break-glass, gateway and session commands live in their own modules; importing them registers
+# them on ``app``.
+from keyturn.entrypoints import cli_break_glass, cli_gateway, cli_sessions  # noqa: E402, F401

@@ -82,6 +82,20 @@ class Client:
         Raises:
             KeyturnError subclass per HTTP status; ServerUnreachable on connection errors.
         """
+        response = self._send(method, path, **kwargs)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def download(self, path: str, **kwargs: Any) -> bytes:
+        """GET ``path`` and return the body's bytes exactly as sent (no decoding).
+
+        Raises:
+            KeyturnError subclass per HTTP status; ServerUnreachable on connection errors.
+        """
+        return self._send("GET", path, **kwargs).content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -90,9 +104,7 @@ class Client:
             ) from exc
         if response.status_code >= 400:
             raise _error(response)
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
+        return response
 
     def close(self) -> None:
         """Close the connection pool."""

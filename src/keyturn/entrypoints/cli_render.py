@@ -8,6 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from keyturn.domain.text import escape_controls
+
+#: longest command shown in ``keyturn sessions list`` (``sessions show`` has all of it)
+COMMAND_COLUMN = 40
+
 
 def _table(*columns: str) -> Table:
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -333,3 +338,76 @@ def kit_shares(con: Console, data: dict[str, Any]) -> None:
             con.print("  " + " ".join(cells).rstrip())
     con.print(f"\npublic kit description written to {data['kit_path']} (no secret in it)")
     con.print("targets must trust its CA line next to Keyturn's: GET /v1/ssh/ca serves both.")
+
+
+def _command(text: str | None, width: int | None = None) -> str:
+    """A recorded command for a terminal: control characters made visible, cut to ``width``."""
+    if text is None:
+        return ""
+    shown = escape_controls(text)
+    return shown if width is None or len(shown) <= width else shown[: width - 1] + "…"
+
+
+def _ending(s: dict[str, Any]) -> str:
+    if s["status"] == "live":
+        return "LIVE"
+    exit_status = f", exit {s['exit_status']}" if s["exit_status"] is not None else ""
+    return f"ended {s['ended_at']}: {s['end_reason']}{exit_status}"
+
+
+def session_table(con: Console, data: dict[str, Any]) -> None:
+    """``keyturn sessions list``: one row per session; ``ENDED`` says LIVE while it runs."""
+    table = _table(
+        "ID", "USER", "ROLE", "TARGET", "KIND", "STARTED", "ENDED", "REASON", "EXIT", "COMMAND"
+    )
+    for s in data["items"]:
+        table.add_row(
+            s["id"],
+            s["user_id"],
+            s["role"],
+            s["target"],
+            s["kind"],
+            s["started_at"],
+            s["ended_at"] or "LIVE",
+            s["end_reason"] or "",
+            "" if s["exit_status"] is None else str(s["exit_status"]),
+            _command(s["command"], COMMAND_COLUMN),
+        )
+    con.print(table)
+
+
+def session_detail(con: Console, s: dict[str, Any]) -> None:
+    """``keyturn sessions show``: the record, the recording, the best-effort command log."""
+    con.print(f"session    {s['id']}  ({_ending(s)})")
+    con.print(f"who        {s['user_id']} as {s['role']} on {s['target']} from {s['client']}")
+    con.print(f"grant      {s['grant_id']}  (request {s['request_id']})")
+    command = f": {_command(s['command'])}" if s["command"] is not None else ""
+    con.print(f"kind       {s['kind']}{command}")
+    con.print(f"started    {s['started_at']}")
+    digest = (
+        f"{s['recording_bytes']} bytes, sha256 {s['recording_sha256']}"
+        if s["recording_sha256"]
+        else "no hash chained yet"
+    )
+    con.print(f"recording  {s['recording']}  ({digest})")
+    con.print(f"           replay: keyturn sessions play {s['id']}")
+    con.print(
+        "best-effort command log (lines seen typed and echoed; the recording is authoritative)"
+    )
+    for entry in s["commands"]:
+        con.print(f"  {_command(entry['command'])}")
+    if not s["commands"]:
+        con.print("  (none seen)")
+
+
+def session_export(con: Console, d: dict[str, Any]) -> None:
+    """``keyturn sessions export``: what was written, and whether it is the chained recording."""
+    con.print(f"wrote {d['path']}  ({d['bytes']} bytes, sha256 {d['sha256']})")
+    if d["matches_chain"] is None:
+        con.print("no hash was chained for this recording yet (the session is live)")
+    elif d["matches_chain"]:
+        con.print("it matches the hash chained in the audit trail when the session ended")
+    else:
+        con.print(
+            f"IT DOES NOT MATCH the hash chained when the session ended ({d['chained_sha256']})"
+        )

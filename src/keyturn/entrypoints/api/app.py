@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from keyturn import __version__
 from keyturn.bootstrap import App
-from keyturn.config import UserConfig
+from keyturn.config import NAME_PATTERN, UserConfig
 from keyturn.domain.alerts import is_firing
 from keyturn.domain.break_glass import RECORD_MAX_BYTES
 from keyturn.domain.durations import parse_iso_duration
-from keyturn.domain.errors import Forbidden, InvalidInput, TooLarge, Unauthenticated
+from keyturn.domain.errors import Forbidden, InvalidInput, NotFound, TooLarge, Unauthenticated
 from keyturn.domain.model import GrantStatus, RequestStatus, Verdict, decision_to_data
 from keyturn.entrypoints.api import problems
 from keyturn.entrypoints.api.schemas import (
@@ -40,9 +44,11 @@ from keyturn.entrypoints.api.schemas import (
     render_grant,
     render_post_incident_review,
     render_request,
+    render_session,
+    render_session_detail,
     render_standing,
 )
-from keyturn.service import access, alerts, audit_log, break_glass, grants, standing
+from keyturn.service import access, alerts, audit_log, break_glass, grants, sessions, standing
 from keyturn.service.access import RequestInput
 from keyturn.service.break_glass import BreakGlassInput
 
@@ -74,6 +80,19 @@ def principal(
 
 
 User = Annotated[UserConfig, Depends(principal)]
+SessionId = Annotated[
+    str,
+    PathParam(pattern=r"^ses_[0-9a-f]{1,64}$", description="a session id: ses_ and hex digits"),
+]
+GrantIdFilter = Annotated[
+    str | None, Query(pattern=r"^grt_[0-9a-f]{1,64}$", description="only this grant's sessions")
+]
+UserIdFilter = Annotated[
+    str | None, Query(pattern=NAME_PATTERN, description="only this user's sessions")
+]
+#: media type of an asciicast recording (https://docs.asciinema.org/manual/asciicast/v2/)
+CAST_MEDIA_TYPE = "application/x-asciicast"
+_CHUNK = 256 * 1024
 
 
 async def _capped_body(request: Request, limit: int) -> bytes:
@@ -92,6 +111,33 @@ async def _capped_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _recording_response(path: Path, session_id: str) -> StreamingResponse:
+    """The recording as it is now. Its size is read once and exactly that many bytes are sent,
+    so a live session's recording, which grows as it is streamed, never overruns its
+    ``Content-Length``.
+
+    Raises:
+        NotFound: the file is gone.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise NotFound(f"the recording of session {session_id} is missing") from exc
+    headers = {
+        "Content-Length": str(size),
+        "Content-Disposition": f'attachment; filename="{session_id}.cast"',
+    }
+    return StreamingResponse(_first_bytes(path, size), media_type=CAST_MEDIA_TYPE, headers=headers)
+
+
+def _first_bytes(path: Path, size: int) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``path`` in chunks (opened only when streaming starts)."""
+    with path.open("rb") as handle:
+        while size > 0 and (chunk := handle.read(min(_CHUNK, size))):
+            size -= len(chunk)
+            yield chunk
 
 
 def create_app(app: App) -> FastAPI:
@@ -358,6 +404,36 @@ def create_app(app: App) -> FastAPI:
         policy in force now auto-approves the longer window); no gap in access."""
         extra = parse_iso_duration(body.duration)
         return render_grant(grants.extend(deps, user, grant_id, extra), show_credentials=True)
+
+    @api.get("/v1/sessions", tags=["sessions"])
+    def list_sessions(
+        user: User,
+        grant_id: GrantIdFilter = None,
+        user_id: UserIdFilter = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Sessions through the recording gateway, newest first: admins see all, others their
+        own (asking for someone else's gives an empty list)."""
+        rows = sessions.list_sessions(deps, user, grant_id=grant_id, user_id=user_id, limit=limit)
+        return {"items": [render_session(s) for s in rows]}
+
+    @api.get("/v1/sessions/{session_id}", tags=["sessions"])
+    def get_session(session_id: SessionId, user: User) -> dict[str, Any]:
+        """One session and its best-effort command log (404 unless it is yours or you are an
+        admin)."""
+        session, commands = sessions.get_session(deps, user, session_id)
+        return render_session_detail(session, commands)
+
+    @api.get(
+        "/v1/sessions/{session_id}/recording",
+        tags=["sessions"],
+        response_class=Response,
+        responses={200: {"content": {CAST_MEDIA_TYPE: {}}}},
+    )
+    def session_recording(session_id: SessionId, user: User) -> Response:
+        """The session's recording exactly as stored (asciicast v2, ``application/x-asciicast``;
+        a live session's up to now). 404 unless visible to you, or when the file is missing."""
+        return _recording_response(sessions.recording_file(deps, user, session_id), session_id)
 
     @api.post("/v1/reconcile", tags=["reconciliation"])
     def reconcile(user: User, body: ReconcileBody | None = None) -> dict[str, Any]:

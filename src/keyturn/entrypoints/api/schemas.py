@@ -13,6 +13,7 @@ from keyturn.domain.break_glass import PostIncidentReview, ReviewVerdict
 from keyturn.domain.durations import to_iso_duration
 from keyturn.domain.history import AlwaysOnRow
 from keyturn.domain.model import Grant, Review, decision_to_data
+from keyturn.domain.sessions import Session
 from keyturn.ports import StoredAlert
 from keyturn.service.access import RequestView
 from keyturn.service.standing import StandingReport
@@ -241,6 +242,41 @@ def render_alert(stored: StoredAlert, *, firing: bool) -> dict[str, Any]:
         "starts_at": _sender_time(alert.starts_at),
         "ends_at": _sender_time(alert.ends_at) if alert.ends_at else None,
         "targets": list(stored.targets),
+    }
+
+
+def render_session(session: Session) -> dict[str, Any]:
+    """A gateway session as JSON (``GET /v1/sessions``): times RFC 3339 UTC, ``ended_at``,
+    ``end_reason`` and the recording's ``recording_sha256``/``recording_bytes`` null while it is
+    live; ``recording`` is the file name relative to ``gateway.recordings_dir``."""
+    return {
+        "id": session.id,
+        "grant_id": session.grant_id,
+        "request_id": session.request_id,
+        "user_id": session.user_id,
+        "role": session.role,
+        "target": session.target,
+        "kind": str(session.kind),
+        "command": session.command,
+        "client": session.client,
+        "status": str(session.status),
+        "started_at": _time(session.started_at),
+        "ended_at": _time(session.ended_at),
+        "end_reason": str(session.end_reason) if session.end_reason else None,
+        "exit_status": session.exit_status,
+        "recording": session.recording,
+        "recording_sha256": session.recording_sha256,
+        "recording_bytes": session.recording_bytes,
+    }
+
+
+def render_session_detail(session: Session, commands: list[str]) -> dict[str, Any]:
+    """A session with its command log (``GET /v1/sessions/{id}``): ``commands`` are the lines
+    seen typed and echoed at an interactive prompt, each marked ``best_effort`` (history recall,
+    completion and full-screen programs are not understood; the recording is authoritative)."""
+    return {
+        **render_session(session),
+        "commands": [{"command": line, "best_effort": True} for line in commands],
     }
 
 
