@@ -503,3 +503,12 @@ def test_a_character_split_between_reads_is_relayed_only_once_recorded(lab: Gate
     events = [e for e in cast_events(lab, session_id)[1] if e[1] == "o"]
     assert output_of(events) == "é\n"
     assert stats.upstream_bytes == stats.recorded_bytes == 3
+
+
+def test_an_exec_sessions_input_is_data_not_a_command_log(lab: GatewayLab) -> None:
+    """``ssh db-1 cat < secrets`` echoes its input; none of it may become ``session.command``."""
+    lab.grant()
+    result = lab.ssh("db-1", "cat", stdin="hunter2\nanother secret line\n")
+    assert result.stdout == "hunter2\nanother secret line\n"
+    assert only(lab, "session.ended").details["exit_status"] == 0
+    assert lab.events("session.command") == []

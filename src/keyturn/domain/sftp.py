@@ -96,6 +96,8 @@ class SftpObserver:
                 handle = r.string()
                 r.uint64()
                 size = r.uint32()
+                if r.pos + size != len(r.data):
+                    raise struct.error("a write's data does not fill its packet")
                 if handle in self._files:
                     self._files[handle].written += size
             elif kind == CLOSE:
@@ -133,6 +135,8 @@ class SftpObserver:
             elif kind == DATA:
                 request_id = r.uint32()
                 size = r.uint32()
+                if r.pos + size > len(r.data):
+                    raise struct.error("data longer than its packet")
                 handle = self._reading.pop(request_id, b"")
                 if handle in self._files:
                     self._files[handle].read += size

@@ -548,6 +548,7 @@ class Relay:
     stdout: asyncssh.SSHWriter[bytes] | None = None
     stderr: asyncssh.SSHWriter[bytes] | None = None
     commands: CommandLog = field(default_factory=CommandLog)
+    interactive: bool = False
     _task: asyncio.Task[Any] | None = None
     _cut: SessionCut | None = None
     _record_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -589,11 +590,7 @@ class Relay:
             await self._tell(f"\r\nkeyturn: {why.message}; this session is closed.\r\n")
             exit_status = 255
         except KeyturnError as exc:
-            reason = (
-                EndReason.RECORDING_FAILED
-                if "recording" in exc.message
-                else EndReason.UPSTREAM_FAILED
-            )
+            reason = EndReason.UPSTREAM_FAILED
             log.error("gateway session failed", error=exc.message, client=self.owner.client)
             await self._tell(f"keyturn: {exc.message}\r\n")
             exit_status = 255
@@ -645,6 +642,7 @@ class Relay:
         """Recording first (refuse if it cannot be written), then the session row and event."""
         width, height, _, _ = chan.get_terminal_size()
         term = chan.get_terminal_type()
+        self.interactive = term is not None
         session = sessions.new_session(
             self.deps, auth, kind=kind, command=command, client=self.owner.client
         )
@@ -735,7 +733,8 @@ class Relay:
                 recorded = text.feed(data)
                 out, held = _complete(held + data, text.pending)
                 await self._record("o", recorded, len(out))
-                await self._log_commands(self.commands.output(data))
+                if self.interactive:
+                    await self._log_commands(self.commands.output(data))
             if out:
                 sink.write(out)
                 await sink.drain()
@@ -775,12 +774,14 @@ class Relay:
             else:
                 if record_input:
                     await self._record("i", text.feed(data), 0)
-                await self._log_commands(self.commands.input(data))
+                if self.interactive:
+                    await self._log_commands(self.commands.input(data))
             process.stdin.write(data)
             await process.stdin.drain()
 
     async def _log_commands(self, lines: list[str]) -> None:
-        if lines and self.session is not None:
+        """Audit typed lines: interactive sessions only (an exec's stdin is data, not typing)."""
+        if lines and self.session is not None and self.interactive:
             await asyncio.to_thread(
                 sessions.session_event,
                 self.deps,
@@ -794,18 +795,27 @@ class Relay:
         writer = self.writer
         if text and writer is not None:
             async with self._record_lock:
-                await asyncio.to_thread(writer.event, code, text)
+                try:
+                    await asyncio.to_thread(writer.event, code, text)
+                except KeyturnError as exc:
+                    log.error("recording failed; ending the session", error=exc.message)
+                    raise SessionCut(
+                        EndReason.RECORDING_FAILED, "the session can no longer be recorded"
+                    ) from exc
         self.owner.gw.stats.recorded_bytes += size
 
     async def _file_events(self, events: list[dict[str, Any]]) -> None:
         if not events or self.session is None:
             return
         for event in events:
-            await self._record(
-                "o",
-                f"keyturn sftp: {event['op']} {event.get('path', '')} {event.get('bytes', '')}\r\n",
-                0,
+            counts = "".join(
+                f" {key}={event[key]}"
+                for key in ("mode", "bytes_read", "bytes_written")
+                if key in event
             )
+            target = f" -> {event['to']}" if "to" in event else ""
+            line = f"keyturn sftp: {event['op']} {event.get('path', '')}{target}{counts}\r\n"
+            await self._record("o", line, 0)
         await asyncio.to_thread(
             sessions.session_event, self.deps, self.session, "session.file", events
         )
