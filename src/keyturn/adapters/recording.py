@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class RecordingWriter:
         self._monotonic = monotonic
         self._start = monotonic()
         self._sha = hashlib.sha256()
+        self._lock = threading.Lock()  # a cut session's last write may race its close
+        self._closed = False
         self.size = 0
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -58,6 +61,12 @@ class RecordingWriter:
 
     def _write(self, line: str) -> None:
         data = (line + "\n").encode()
+        with self._lock:
+            if self._closed:
+                raise ProviderError(f"the recording {self.path} is closed", retryable=False)
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
@@ -71,7 +80,12 @@ class RecordingWriter:
         self.size += len(data)
 
     def close(self) -> tuple[str, int]:
-        """Close the file; return its SHA-256 (hex) and size in bytes."""
+        """Close the file; return its SHA-256 (hex) and size in bytes (later writes fail)."""
+        with self._lock:
+            self._closed = True
+            return self._close()
+
+    def _close(self) -> tuple[str, int]:
         try:
             self._file.close()
         except OSError as exc:

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -39,7 +41,6 @@ import structlog
 from asyncssh.constants import EXTENDED_DATA_STDERR
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
-from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.adapters.providers.ssh_ca import SshCertificateProvider, load_or_create_ca
 from keyturn.adapters.recording import RecordingWriter, recording_path
@@ -61,6 +62,10 @@ from keyturn.service.sessions import Authorized
 
 log = structlog.get_logger("keyturn.gateway")
 READ_SIZE = 65536
+#: seconds without an answer from the store after which live sessions are cut (fail closed)
+WATCH_BLIND = 1.5
+#: refused requests (forwarding, agent, X11 …) one connection may make before it is closed
+MAX_REFUSALS = 20
 #: asyncssh internals the gateway hooks per connection (checked at start; asyncssh is pinned)
 _HOOKED = (
     "_validate_openssh_certificate",
@@ -111,6 +116,7 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.stats = Stats()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watch_pool = ThreadPoolExecutor(1, thread_name_prefix="keyturn-gateway-watch")
         self._server: asyncssh.SSHAcceptor | None = None
         self._watcher: asyncio.Task[None] | None = None
         missing = [name for name in _HOOKED if not hasattr(asyncssh.SSHServerConnection, name)]
@@ -166,8 +172,7 @@ class Gateway:
     async def stop(self) -> None:
         """Stop listening; end every session (``gateway_stopped``)."""
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            self._server.close()  # no new connections; then end the live ones, then wait
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,26 +183,46 @@ class Gateway:
                 for c in list(self.connections)
             )
         )
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._watch_pool.shutdown(wait=False)
 
     async def _watch_grants(self) -> None:
-        """Every ``grant_check_interval``: cut the connections whose grant ended."""
+        """Every ``grant_check_interval``: re-read the grants of live connections (on a thread
+        of its own, so nothing else can hold it up) and cut those whose grant ended. Fails
+        closed: a grant past its last known ``not_after`` is cut without the store, and if the
+        store has not answered for :data:`WATCH_BLIND` every connection is cut."""
         interval = self.config.grant_check_interval.total_seconds()
+        loop = asyncio.get_running_loop()
+        last_ok = self.monotonic()
         while True:
             await asyncio.sleep(interval)
             live = [c for c in self.connections if c.auth is not None]
             if not live:
+                last_ok = self.monotonic()
                 continue
+            ids = {c.auth.grant.id for c in live if c.auth}
             try:
-                ended = await asyncio.to_thread(
-                    sessions.grants_ended, self.deps, {c.auth.grant.id for c in live if c.auth}
+                ended, current = await asyncio.wait_for(
+                    loop.run_in_executor(self._watch_pool, sessions.grant_states, self.deps, ids),
+                    timeout=WATCH_BLIND,
                 )
-            except (KeyturnError, SQLAlchemyError, OSError) as exc:  # store down: keep watching
+                last_ok = self.monotonic()
+            except Exception as exc:  # store down, slow or broken: fail closed below
                 log.error("cannot read grants of live sessions", error=str(exc)[:300])
-                continue
+                ended, current = {}, {}
+                if self.monotonic() - last_ok >= WATCH_BLIND:
+                    ended = dict.fromkeys(ids, "its state cannot be checked")
+            now = self.deps.clock.now()
             for conn in live:
-                reason = ended.get(conn.auth.grant.id) if conn.auth else None
+                auth = conn.auth
+                if auth is None:
+                    continue
+                grant = current.get(auth.grant.id, auth.grant)
+                conn.auth = dataclasses.replace(auth, grant=grant)  # extensions move not_after
+                reason = ended.get(grant.id) or ("expired" if now >= grant.not_after else None)
                 if reason is not None:
-                    message = f"grant {conn.auth.grant.id if conn.auth else ''} ended ({reason})"
+                    message = f"grant {grant.id} ended ({reason})"
                     self.spawn(conn.cut(EndReason.GRANT_ENDED, message))
 
 
@@ -226,6 +251,7 @@ class Connection(asyncssh.SSHServer):
         self.relays: set[Relay] = set()
         self.channels = 0
         self.refused_channels = 0
+        self.refusals: dict[str, int] = {}
         self._decisions: dict[bytes, Authorized | None] = {}
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
@@ -249,19 +275,33 @@ class Connection(asyncssh.SSHServer):
         self.gw.connections.discard(self)
         if self._upstream is not None:
             self._upstream.close()
-        if self.refused_channels:
-            self.gw.spawn(self._audit_refused_channels())
+        if self.refused_channels or any(n > 1 for n in self.refusals.values()):
+            self.gw.spawn(self._audit_refusal_counts())
 
-    async def _audit_refused_channels(self) -> None:
+    async def _audit_refusal_counts(self) -> None:
         grant = self.auth.grant if self.auth else None
-        await asyncio.to_thread(
-            sessions.refused,
-            self.deps,
-            reason="too_many_channels",
-            message=f"{self.refused_channels} session channels refused over the limit",
-            grant=grant,
-            details={"client": self.client, "limit": self.gw.config.max_channels_per_connection},
-        )
+        if self.refused_channels:
+            await asyncio.to_thread(
+                sessions.refused,
+                self.deps,
+                reason="too_many_channels",
+                message=f"{self.refused_channels} session channels refused over the limit",
+                grant=grant,
+                details={
+                    "client": self.client,
+                    "limit": self.gw.config.max_channels_per_connection,
+                },
+            )
+        repeated = {k: n for k, n in self.refusals.items() if n > 1}
+        if repeated:
+            await asyncio.to_thread(
+                sessions.refused,
+                self.deps,
+                reason="repeated",
+                message="requests refused more than once on this connection",
+                grant=grant,
+                details={"client": self.client, "counts": repeated},
+            )
 
     # authentication -----------------------------------------------------------------------
     def begin_auth(self, username: str) -> bool:
@@ -383,8 +423,15 @@ class Connection(asyncssh.SSHServer):
         return False
 
     def _refuse_later(self, reason: str, message: str, details: dict[str, Any]) -> None:
+        """Audit the first refusal of each kind at once; count the rest (one summary event when
+        the connection closes); close a connection that keeps asking."""
         grant = self.auth.grant if self.auth else None
         log.warning("gateway channel refused", reason=reason, client=self.client)
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        if sum(self.refusals.values()) >= MAX_REFUSALS and self.conn is not None:
+            self.conn.close()
+        if self.refusals[reason] > 1:
+            return
         self.gw.spawn(
             asyncio.to_thread(
                 sessions.refused,
@@ -580,37 +627,40 @@ class Relay:
                 return
             await self._open(auth, kind, command, chan)
             exit_status = await self._relay(stdin, stdout, stderr, kind)
-        except SessionCut as cut:
-            reason = cut.reason
-            await self._tell(f"\r\nkeyturn: {cut.message}; this session is closed.\r\n")
-            exit_status = 255
-        except asyncio.CancelledError:
-            why = self._cut or SessionCut(EndReason.GATEWAY_STOPPED, "the gateway stopped")
-            reason = why.reason
-            await self._tell(f"\r\nkeyturn: {why.message}; this session is closed.\r\n")
-            exit_status = 255
-        except KeyturnError as exc:
-            reason = EndReason.UPSTREAM_FAILED
-            log.error("gateway session failed", error=exc.message, client=self.owner.client)
-            await self._tell(f"keyturn: {exc.message}\r\n")
-            exit_status = 255
-        except (TimeoutError, OSError, asyncssh.Error) as exc:
-            reason = EndReason.UPSTREAM_FAILED
-            log.error("gateway upstream failed", error=str(exc)[:300], client=self.owner.client)
-            await self._tell("keyturn: the target could not be reached or closed the session\r\n")
-            exit_status = 255
-        except Exception:  # a bug must still end the session on the record, never leave it live
-            reason = EndReason.ERROR
-            log.exception("gateway session crashed", client=self.owner.client)
-            await self._tell("keyturn: the gateway failed; this session is closed\r\n")
+        except (asyncio.CancelledError, Exception) as exc:
+            reason, message = self._failure(exc)
+            await self._tell(f"\r\nkeyturn: {message}; this session is closed.\r\n")
             exit_status = 255
         finally:
             self.owner.relays.discard(self)
             self.owner.channels -= 1
-            await self._finish(reason, exit_status)
+            finish = asyncio.ensure_future(self._finish(reason, exit_status))
+            with contextlib.suppress(asyncio.CancelledError):  # a cut must not skip the end event
+                await asyncio.shield(finish)
             with contextlib.suppress(OSError, asyncssh.Error):
                 if not chan.is_closing():
                     chan.exit(exit_status if exit_status is not None else 255)
+
+    def _failure(self, exc: BaseException) -> tuple[EndReason, str]:
+        """Why a session ended early, and what to tell the user (logged here)."""
+        client = self.owner.client
+        if isinstance(exc, SessionCut):
+            return exc.reason, exc.message
+        if isinstance(exc, asyncio.CancelledError):
+            why = self._cut or SessionCut(EndReason.GATEWAY_STOPPED, "the gateway stopped")
+            return why.reason, why.message
+        if isinstance(exc, KeyturnError):
+            log.error("gateway session failed", error=exc.message, client=client)
+            return EndReason.UPSTREAM_FAILED, exc.message
+        if isinstance(exc, TimeoutError | OSError | asyncssh.Error):
+            log.error("gateway upstream failed", error=str(exc)[:300], client=client)
+            return (
+                EndReason.UPSTREAM_FAILED,
+                "the target could not be reached or closed the session",
+            )
+        # a bug must still end the session on the record, never leave it live
+        log.error("gateway session crashed", client=client, exc_info=exc)
+        return EndReason.ERROR, "the gateway failed"
 
     async def _allowed(self, auth: Authorized, kind: SessionKind, command: str | None) -> bool:
         """File transfer per role; unknown subsystems never. Refusals are audited."""
@@ -702,13 +752,18 @@ class Relay:
             asyncio.create_task(self._from_target(process.stderr, stderr, None)),
         ]
         upload = asyncio.create_task(self._to_target(stdin, process, sftp))
+        tasks = [*pumps, upload]
         try:
-            await asyncio.gather(*pumps)
+            pending: set[asyncio.Task[None]] = set(tasks)
+            while not all(p.done() for p in pumps):  # until both outputs end, or one task fails
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
             result = await process.wait(check=False)
-        finally:
-            upload.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await upload
+        finally:  # a failure in one direction stops the others: nothing flows unrecorded
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         if result.exit_signal:
             signal_name, core, message, lang = result.exit_signal
             chan = cast(asyncssh.SSHServerChannel[bytes], stdout.channel)
@@ -793,6 +848,8 @@ class Relay:
     async def _record(self, code: str, text: str, size: int) -> None:
         """Write one event before its ``size`` bytes are relayed (fail closed on error)."""
         writer = self.writer
+        if text and writer is None:
+            raise SessionCut(EndReason.RECORDING_FAILED, "the session can no longer be recorded")
         if text and writer is not None:
             async with self._record_lock:
                 try:

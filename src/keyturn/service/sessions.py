@@ -224,6 +224,19 @@ def session_event(
             tx.append_audit(AuditDraft(now, session.user_id, action, session.subject(), details))
 
 
+def grant_states(deps: Deps, grant_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, Grant]]:
+    """:func:`grants_ended`, and the grants as stored now (an extension moves ``not_after``)."""
+    ids = set(grant_ids)
+    with deps.store.transaction() as tx:
+        current = {}
+        for grant_id in ids:
+            try:
+                current[grant_id] = tx.get_grant(grant_id)
+            except NotFound:
+                continue
+    return grants_ended(deps, ids), current
+
+
 def grants_ended(deps: Deps, grant_ids: Iterable[str]) -> dict[str, str]:
     """Of these grants, those that no longer allow a session, with why (``expired``,
     ``released``, ``revoked`` …). A grant past ``not_after`` counts as ended even before the
