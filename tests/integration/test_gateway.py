@@ -512,3 +512,43 @@ def test_an_exec_sessions_input_is_data_not_a_command_log(lab: GatewayLab) -> No
     assert result.stdout == "hunter2\nanother secret line\n"
     assert only(lab, "session.ended").details["exit_status"] == 0
     assert lab.events("session.command") == []
+
+
+def test_a_copied_certificate_without_its_private_key_writes_nothing_in_its_owners_name(
+    lab: GatewayLab,
+) -> None:
+    """Certificates are public: a client offering alice's certificate but signing with another
+    key (for another target, to provoke refusals) is refused without a single audit event."""
+    lab.grant()
+    pair = asyncssh.load_keypairs([(str(lab.key), str(lab.cert))])[0]
+    pair._key = asyncssh.generate_private_key("ssh-ed25519")  # noqa: SLF001 (sign with another)
+
+    async def attempt() -> str:
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                lab.port,
+                username="db-2",
+                client_keys=[pair],
+                known_hosts=str(lab.known_hosts),
+                agent_path=None,
+                config=[],
+            ):
+                return "logged in"
+        except asyncssh.PermissionDenied:
+            return "refused"
+
+    assert asyncio.run(attempt()) == "refused"
+    assert lab.events("session.refused") == []
+
+
+def test_a_command_longer_than_the_store_keeps_is_whole_in_the_recording(lab: GatewayLab) -> None:
+    lab.grant()
+    command = " " * 4100 + "echo HIDDEN"
+    result = lab.ssh("db-1", command)
+    assert result.stdout == "HIDDEN\n"
+    started = only(lab, "session.started")
+    assert started.details["command_truncated"] is True
+    assert started.details["command_length"] == len(command)
+    header, _ = cast_events(lab, started.subject["session_id"])
+    assert header["keyturn"]["command"] == command

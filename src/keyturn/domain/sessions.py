@@ -14,6 +14,7 @@ Pure: no I/O, no clock reads.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -133,8 +134,11 @@ def cast_header(
     height: int,
     term: str | None,
     input_recorded: bool,
+    command: str | None = None,
 ) -> str:
-    """The asciicast v2 header line (JSON, no newline) for ``session``."""
+    """The asciicast v2 header line (JSON, no newline) for ``session``; ``command`` is the
+    whole command as received (the store and audit chain keep :data:`COMMAND_MAX` characters
+    and its SHA-256)."""
     header: dict[str, Any] = {
         "version": CAST_VERSION,
         "width": max(1, width),
@@ -145,12 +149,24 @@ def cast_header(
         "keyturn": {
             **session.subject(),
             "kind": str(session.kind),
-            "command": session.command,
+            "command": command if command is not None else session.command,
             "started_at": format_time(session.started_at),
             "input_recorded": input_recorded,
         },
     }
     return json.dumps(header, ensure_ascii=False, separators=(",", ":"))
+
+
+def command_facts(command: str | None) -> dict[str, Any]:
+    """What the audit chain keeps of a command beyond its first :data:`COMMAND_MAX` characters:
+    its length, its SHA-256 and whether it was cut (the recording's header holds all of it)."""
+    if command is None:
+        return {}
+    return {
+        "command_length": len(command),
+        "command_sha256": hashlib.sha256(command.encode("utf-8", "surrogateescape")).hexdigest(),
+        "command_truncated": len(command) > COMMAND_MAX,
+    }
 
 
 def cast_event(seconds: float, code: str, data: str) -> str:

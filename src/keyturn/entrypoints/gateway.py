@@ -53,6 +53,7 @@ from keyturn.domain.sessions import (
     SessionKind,
     TextStream,
     cast_header,
+    command_facts,
     target_from_user_name,
 )
 from keyturn.domain.sftp import SftpObserver
@@ -66,9 +67,12 @@ READ_SIZE = 65536
 WATCH_BLIND = 1.5
 #: refused requests (forwarding, agent, X11 …) one connection may make before it is closed
 MAX_REFUSALS = 20
+#: seconds a client has to log in
+LOGIN_TIMEOUT = 10
 #: asyncssh internals the gateway hooks per connection (checked at start; asyncssh is pinned)
 _HOOKED = (
     "_validate_openssh_certificate",
+    "validate_public_key",
     "check_certificate_permission",
     "create_agent_listener",
     "attach_x11_listener",
@@ -161,7 +165,7 @@ class Gateway:
             password_auth=False,
             kbdint_auth=False,
             gss_host=None,
-            login_timeout=30,
+            login_timeout=LOGIN_TIMEOUT,
             keepalive_interval=30,
         )
         self._watcher = asyncio.create_task(self._watch_grants())
@@ -252,7 +256,7 @@ class Connection(asyncssh.SSHServer):
         self.channels = 0
         self.refused_channels = 0
         self.refusals: dict[str, int] = {}
-        self._decisions: dict[bytes, Authorized | None] = {}
+        self._decisions: dict[tuple[str, bytes], Authorized | None] = {}
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
         self._closing = False
@@ -263,8 +267,9 @@ class Connection(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.client = f"{peer[0]}:{peer[1]}"
-        if len(self.gw.connections) >= self.gw.config.max_connections:
-            log.warning("connection refused: too many connections", client=self.client)
+        waiting = sum(1 for c in self.gw.connections if c.auth is None)
+        if waiting >= self.gw.config.max_connections:  # not yet logged in: a separate budget
+            log.warning("connection refused: too many connections logging in", client=self.client)
             conn.close()
             return
         self.gw.connections.add(self)
@@ -322,11 +327,17 @@ class Connection(asyncssh.SSHServer):
 
     async def decide(self, username: str, cert: Any) -> bool:
         """Called with a certificate asyncssh verified (Keyturn's CA, window, source
-        address): is it the certificate of an active grant for the named target?"""
-        blob = bytes(cert.public_data)
-        if blob not in self._decisions:
-            self._decisions[blob] = await self._authorize(username, cert)
-        auth = self._decisions[blob]
+        address) and a signature made with its key: is it the certificate of an active grant
+        for the named target? Refusals are audited only here, so holding a copy of someone's
+        certificate (public) is not enough to write events in their name."""
+        key = (username, bytes(cert.public_data))
+        if key not in self._decisions:
+            self._decisions[key] = await self._authorize(username, cert)
+        auth = self._decisions[key]
+        signed_in = sum(1 for c in self.gw.connections if c.auth is not None)
+        if auth is not None and signed_in >= self.gw.config.max_connections:
+            log.warning("login refused: too many sessions' connections", client=self.client)
+            return False
         if auth is not None:
             self.auth = auth
         return auth is not None
@@ -561,11 +572,26 @@ def _instrument(conn: asyncssh.SSHServerConnection, owner: Connection) -> None:
     agent = conn.create_agent_listener
     x11 = conn.attach_x11_listener
 
+    check_key: Callable[..., Awaitable[bool]] = conn.validate_public_key
+    seen: dict[str, Any] = {}
+
     async def validate_certificate(username: str, cert: Any) -> Any:
         key = await validate(username, cert)
-        if key is None or not await owner.decide(username, cert):
-            return None
+        seen["cert"] = cert if key is not None else None
         return key
+
+    async def validate_public_key(
+        username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        seen["cert"] = None
+        if not await check_key(username, key_data, msg, signature):
+            return False
+        cert = seen["cert"]
+        if cert is None:
+            return False  # a plain key: never
+        if not msg:
+            return True  # only a query: the decision is taken once the client signs
+        return await owner.decide(username, cert)  # signed: the user holds the private key
 
     def certificate_permission(permission: str) -> bool:
         return True if permission in _FORWARDING else bool(check_cert(permission))
@@ -579,6 +605,7 @@ def _instrument(conn: asyncssh.SSHServerConnection, owner: Connection) -> None:
         return await x11(*args)
 
     setattr(conn, "_validate_openssh_certificate", validate_certificate)  # noqa: B010
+    setattr(conn, "validate_public_key", validate_public_key)  # noqa: B010
     setattr(conn, "check_certificate_permission", certificate_permission)  # noqa: B010
     setattr(conn, "create_agent_listener", agent_listener)  # noqa: B010
     setattr(conn, "attach_x11_listener", x11_listener)  # noqa: B010
@@ -702,6 +729,7 @@ class Relay:
             height=height or 24,
             term=term,
             input_recorded=auth.role.ssh.record_input,
+            command=command,
         )
         path = recording_path(self.owner.gw.config.recordings_dir, session.recording)
         try:
@@ -722,7 +750,11 @@ class Relay:
             sessions.open_session,
             self.deps,
             session,
-            details={"connection": self.owner.id, "input_recorded": auth.role.ssh.record_input},
+            details={
+                "connection": self.owner.id,
+                "input_recorded": auth.role.ssh.record_input,
+                **command_facts(command),
+            },
         )
         upstream = await self.owner.upstream()
         if kind is SessionKind.SFTP:
