@@ -521,7 +521,7 @@ def test_a_copied_certificate_without_its_private_key_writes_nothing_in_its_owne
     key (for another target, to provoke refusals) is refused without a single audit event."""
     lab.grant()
     pair = asyncssh.load_keypairs([(str(lab.key), str(lab.cert))])[0]
-    pair._key = asyncssh.generate_private_key("ssh-ed25519")  # noqa: SLF001 (sign with another)
+    pair._key = asyncssh.generate_private_key("ssh-ed25519")  # sign with another key
 
     async def attempt() -> str:
         try:
