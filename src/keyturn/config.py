@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 import string
 import zoneinfo
 from dataclasses import dataclass
@@ -619,6 +620,11 @@ class GatewayConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=2200, ge=1, le=65535)
+    instance: Name | None = Field(
+        default=None,
+        description="this gateway's name among several sharing a store (default host:port on "
+        "this machine); after a crash it ends only its own sessions",
+    )
     public_host: str | None = Field(
         default=None, max_length=253, description="the name users reach the gateway by"
     )
@@ -637,6 +643,11 @@ class GatewayConfig(_Strict):
         default=timedelta(milliseconds=500),
         description="how often live sessions' grants are re-read from the store",
     )
+
+    @property
+    def instance_name(self) -> str:
+        """``instance``, or this machine's host name with the port."""
+        return self.instance or f"{socket.gethostname()}:{self.port}"[:128]
 
     @field_validator("grant_check_interval")
     @classmethod

@@ -77,6 +77,8 @@ class Session:
         command: the exec command (cut to :data:`COMMAND_MAX` characters), ``sftp`` for the
             subsystem, None for a shell.
         client: the client's address as ``host:port``.
+        gateway: the gateway instance relaying it (``gateway.instance``): after a crash, each
+            gateway ends only its own sessions.
         recording: the recording's path relative to ``gateway.recordings_dir``.
         recording_sha256 / recording_bytes: set when the session ended (the hash is also in
             the ``session.ended`` audit event, so an edited recording fails ``audit verify``).
@@ -93,6 +95,7 @@ class Session:
     started_at: datetime
     recording: str
     client: str = ""
+    gateway: str = ""
     command: str | None = None
     status: SessionStatus = SessionStatus.LIVE
     ended_at: datetime | None = None

@@ -49,22 +49,25 @@ _PLAIN_PARAMS = re.compile(r"[0-9;:]{0,64}")
 
 def _keep(match: re.Match[str]) -> str:
     if match.group("csi"):
-        final, params = match.group("final"), match.group("params")
-        if match.group("inter"):
-            return ""
-        if final in "hl":
-            modes = params.split(";")
-            prefix = "?" if params.startswith("?") else ""
-            safe = all((m if m.startswith("?") else prefix + m) in _SAFE_MODES for m in modes)
-            return match.group(0) if params and safe else ""
-        if final not in _SAFE_CSI_FINALS or not _PLAIN_PARAMS.fullmatch(params):
-            return ""  # private (?, >, =, <) forms of these are queries and keyboard modes
-        if final in "ST" and ";" in params:
-            return ""  # CSI Ps ; … T starts xterm's mouse highlight tracking
-        return match.group(0)
+        return match.group(0) if _safe_csi(match) else ""
     if match.group("esc"):
         return match.group(0) if match.group(0)[1:] in _SAFE_ESC else ""
     return ""  # strings, lone ESC, other control characters
+
+
+def _safe_csi(match: re.Match[str]) -> bool:
+    final, params = match.group("final"), match.group("params")
+    if match.group("inter"):
+        return False
+    if final in "hl":
+        prefix = "?" if params.startswith("?") else ""
+        modes = params.split(";")
+        return bool(params) and all(
+            (m if m.startswith("?") else prefix + m) in _SAFE_MODES for m in modes
+        )
+    if final not in _SAFE_CSI_FINALS or not _PLAIN_PARAMS.fullmatch(params):
+        return False  # private (?, >, =, <) forms of these are queries and keyboard modes
+    return not (final in "ST" and ";" in params)  # CSI Ps;… T: mouse highlight tracking
 
 
 @dataclass

@@ -127,7 +127,8 @@ def new_session(
     command: str | None,
     client: str,
 ) -> Session:
-    """A session record for ``auth``'s grant, not yet stored (its recording comes first)."""
+    """A session record for ``auth``'s grant, relayed by this gateway instance, not yet stored
+    (its recording comes first)."""
     session_id = deps.new_id("ses")
     grant = auth.grant
     return Session(
@@ -141,6 +142,7 @@ def new_session(
         started_at=deps.clock.now(),
         recording=f"{session_id}.cast",
         client=client[:128],
+        gateway=deps.config.gateway.instance_name,
         command=command[:COMMAND_MAX] if command is not None else None,
     )
 
@@ -205,6 +207,9 @@ def end_session(
         **(details or {}),
     }
     with deps.store.transaction() as tx:
+        stored = tx.get_session(session.id)
+        if stored.status is SessionStatus.ENDED:
+            return stored  # ended already (another gateway's recovery): one end event only
         tx.save_session(ended)
         tx.append_audit(AuditDraft(now, GATEWAY_ACTOR, "session.ended", ended.subject(), body))
     return ended
@@ -258,9 +263,13 @@ def grants_ended(deps: Deps, grant_ids: Iterable[str]) -> dict[str, str]:
 
 
 def recover_interrupted(deps: Deps) -> list[Session]:
-    """End sessions a crashed gateway left ``live``, chaining what their recordings hold."""
+    """End the sessions this gateway instance (``gateway.instance``) left ``live`` when it
+    crashed, chaining what their recordings hold; other instances' sessions are theirs."""
+    me = deps.config.gateway.instance_name
     with deps.store.transaction() as tx:
-        live = tx.list_sessions(status=SessionStatus.LIVE, limit=100_000)
+        live = [
+            s for s in tx.list_sessions(status=SessionStatus.LIVE, limit=100_000) if s.gateway == me
+        ]
     recordings = deps.config.gateway.recordings_dir
     return [
         end_session(

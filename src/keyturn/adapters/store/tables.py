@@ -191,6 +191,7 @@ sessions = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("recording", sa.String(255), nullable=False),
     sa.Column("client", sa.String(128), nullable=False),
+    sa.Column("gateway", sa.String(128), nullable=False, server_default=""),
     sa.Column("command", sa.Text),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("ended_at", UTCDateTime),

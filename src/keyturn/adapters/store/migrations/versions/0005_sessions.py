@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime, nullable=False),
         sa.Column("recording", sa.String(255), nullable=False),
         sa.Column("client", sa.String(128), nullable=False),
+        sa.Column("gateway", sa.String(128), nullable=False, server_default=""),
         sa.Column("command", sa.Text),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("ended_at", sa.DateTime),
