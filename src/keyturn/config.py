@@ -157,6 +157,11 @@ class SshRoleConfig(_Strict):
         description="gateway: keep keystrokes in the recording (off: passwords typed at prompts "
         "would be kept too)",
     )
+    gateway_only: bool = Field(
+        default=False,
+        description="certificates of this role open no target directly (their one principal is "
+        "keyturn-gateway-only): every session goes through the recording gateway",
+    )
     file_transfer: Literal["refuse", "record"] = Field(
         default="refuse",
         description="gateway: the sftp subsystem and scp are refused, or relayed with every "
@@ -638,6 +643,11 @@ class GatewayConfig(_Strict):
         default=timedelta(seconds=10), description="connect and login timeout to a target"
     )
     max_channels_per_connection: int = Field(default=10, ge=1, le=1000)
+    max_recording_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024 * 1024,
+        description="a session whose recording reaches this size is ended (recording_failed)",
+    )
     max_connections: int = Field(default=200, ge=1, le=100_000)
     grant_check_interval: Duration = Field(
         default=timedelta(milliseconds=500),

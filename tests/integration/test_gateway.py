@@ -28,7 +28,7 @@ from keyturn.adapters.recording import RecordingWriter
 from keyturn.domain.ssh_keys import parse_user_public_key
 from keyturn.domain.terminal import neutralize
 from keyturn.entrypoints.cli_gateway import render_ssh_config
-from keyturn.lab import free_port
+from keyturn.lab import free_port, ssh_login
 from keyturn.service import audit_log, grants
 from tests.integration.gateway_lab import GatewayLab, gateway_lab
 
@@ -552,3 +552,19 @@ def test_a_command_longer_than_the_store_keeps_is_whole_in_the_recording(lab: Ga
     assert started.details["command_length"] == len(command)
     header, _ = cast_events(lab, started.subject["session_id"])
     assert header["keyturn"]["command"] == command
+
+
+def test_a_gateway_only_role_opens_the_target_through_the_gateway_alone(tmp_path: Path) -> None:
+    """Its certificate's one principal is listed by no sshd: a direct login, or one tunnelled
+    to the target's sshd, is refused; through the gateway it works (recorded)."""
+
+    def gateway_only(data: dict[str, Any]) -> None:
+        for role in data["roles"]:
+            if role["name"] == "server-admin":
+                role["ssh"]["gateway_only"] = True
+
+    with gateway_lab(tmp_path / "lab", change=gateway_only) as lab:
+        lab.grant()
+        assert ssh_login(lab.db1, lab.key, lab.cert, "echo direct").returncode == 255
+        assert lab.ssh("db-1", "echo recorded").stdout == "recorded\n"
+        assert only(lab, "session.ended").details["exit_status"] == 0

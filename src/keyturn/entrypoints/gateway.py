@@ -882,6 +882,10 @@ class Relay:
         writer = self.writer
         if text and writer is None:
             raise SessionCut(EndReason.RECORDING_FAILED, "the session can no longer be recorded")
+        if writer is not None and writer.size >= self.owner.gw.config.max_recording_bytes:
+            raise SessionCut(
+                EndReason.RECORDING_FAILED, "the session's recording reached its size limit"
+            )
         if text and writer is not None:
             async with self._record_lock:
                 try:

@@ -37,6 +37,8 @@ from keyturn.domain.model import AccessRequest, Grant
 from keyturn.domain.ssh_keys import UserPublicKey, parse_user_public_key
 from keyturn.ports import Granted
 
+#: the only principal of a ``gateway_only`` role's certificates: no target's sshd lists it
+GATEWAY_ONLY_PRINCIPAL = "keyturn-gateway-only"
 _SERIAL_LINE = re.compile(r"^serial:\s*(\d+)(?:-(\d+))?\s*$")
 
 
@@ -289,7 +291,9 @@ class SshCertificateProvider:
         spec = CertificateSpec(
             serial=serial,
             key_id=gateway_key_id(grant, connection_id),
-            principals=self._principals(grant),
+            principals=render_principals(
+                role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
+            ),
             valid_after=valid_after,
             valid_before=valid_before,
             options=role.ssh.model_copy(update={"source_address": ()}),
@@ -323,9 +327,13 @@ class SshCertificateProvider:
         )
 
     def _principals(self, grant: Grant) -> list[str]:
+        """The principals of the user's certificate (``gateway_only`` roles: one that opens
+        nothing but the gateway, which logs in with the role's own)."""
         role = self._roles.get(grant.role)
         if role is None:
             raise ProviderError(f"role {grant.role!r} is not configured", retryable=False)
+        if role.ssh.gateway_only:
+            return [GATEWAY_ONLY_PRINCIPAL]
         return render_principals(
             role.ssh.principals, role=grant.role, target=grant.target, user=grant.user_id
         )
