@@ -61,6 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the lab is started, so the client child process starts in a fraction of a second
 sys.path.insert(0, str(ROOT))
 
+from bench.provenance import git_revision  # noqa: E402
+
 if TYPE_CHECKING:
     from tests.integration.gateway_lab import GatewayLab
 
@@ -435,26 +437,6 @@ def bulk(lab: GatewayLab, paths: dict[str, Route], size: int, repeats: int) -> d
     )
     result["recording_kept_up"] = keeps_up
     return result
-
-
-def git_revision() -> dict[str, Any]:
-    """The checkout's commit and whether src/ has uncommitted changes (None outside git)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "src_dirty": None}
-    return {"commit": head, "src_dirty": bool(dirty)}
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -31,7 +31,6 @@ import platform
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 # tests.load and tests.pg are shared with the tests (so run from a checkout)
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import git_revision  # noqa: E402
 from tests.load import (  # noqa: E402
     BIND_ENV,
     PLACEHOLDER,
@@ -211,26 +211,6 @@ def audit_figures(app: App, not_after: datetime) -> tuple[list[float], list[floa
             elif event.action == "grant.revoke_failed":
                 failed += 1
     return lags, claims, failed, last.isoformat()
-
-
-def git_revision() -> dict[str, Any]:
-    """The checkout's commit and whether src/ has uncommitted changes (None outside git)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "src_dirty": None}
-    return {"commit": head, "src_dirty": bool(dirty)}
 
 
 def store_version(app: App) -> str:
