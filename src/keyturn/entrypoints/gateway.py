@@ -115,8 +115,8 @@ class Gateway:
             raise ConfigError("the gateway needs the ssh provider (ssh_ca)", path="ssh_ca")
         self.ssh = provider
         self.ca_key = asyncssh.import_public_key(provider.ca_public_line)
-        key = load_or_create_ca(self.config.host_key_path, setting="gateway.host_key_path")
-        self.host_key = asyncssh.import_private_key(_openssh_private(key))
+        load_or_create_ca(self.config.host_key_path, setting="gateway.host_key_path")
+        self.host_key = asyncssh.read_private_key(str(self.config.host_key_path))
         self.connections: set[Connection] = set()
         self.stats = Stats()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -228,18 +228,6 @@ class Gateway:
                 if reason is not None:
                     message = f"grant {grant.id} ended ({reason})"
                     self.spawn(conn.cut(EndReason.GRANT_ENDED, message))
-
-
-def _openssh_private(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
 
 
 class Connection(asyncssh.SSHServer):
@@ -368,7 +356,8 @@ class Connection(asyncssh.SSHServer):
                 reason=reason,
             )
             if grant_id is not None:  # a certificate Keyturn issued: the user is known
-                grant = await asyncio.to_thread(_grant_or_none, self.deps, grant_id)
+                found = await asyncio.to_thread(sessions.current_grants, self.deps, [grant_id])
+                grant = found.get(grant_id)
                 await asyncio.to_thread(
                     sessions.refused,
                     self.deps,
@@ -545,16 +534,6 @@ class _RelayedSession(SSHServerStreamSession[bytes]):
         result = handler(stdin, stdout, stderr)
         if inspect.isawaitable(result):
             self._conn.create_task(result, stdin.logger)
-
-
-def _grant_or_none(deps: Any, grant_id: str) -> Any:
-    from keyturn.domain.errors import NotFound
-
-    with deps.store.transaction() as tx:
-        try:
-            return tx.get_grant(grant_id)
-        except NotFound:
-            return None
 
 
 def _instrument(conn: asyncssh.SSHServerConnection, owner: Connection) -> None:

@@ -229,37 +229,41 @@ def session_event(
             tx.append_audit(AuditDraft(now, session.user_id, action, session.subject(), details))
 
 
-def grant_states(deps: Deps, grant_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, Grant]]:
-    """:func:`grants_ended`, and the grants as stored now (an extension moves ``not_after``)."""
-    ids = set(grant_ids)
+def current_grants(deps: Deps, grant_ids: Iterable[str]) -> dict[str, Grant]:
+    """The grants that exist among ``grant_ids``, as stored now (one transaction)."""
+    found: dict[str, Grant] = {}
     with deps.store.transaction() as tx:
-        current = {}
-        for grant_id in ids:
+        for grant_id in set(grant_ids):
             try:
-                current[grant_id] = tx.get_grant(grant_id)
+                found[grant_id] = tx.get_grant(grant_id)
             except NotFound:
                 continue
-    return grants_ended(deps, ids), current
+    return found
+
+
+def grant_states(deps: Deps, grant_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, Grant]]:
+    """:func:`grants_ended`, and the grants as stored now (an extension moves ``not_after``),
+    from one read."""
+    ids = set(grant_ids)
+    current = current_grants(deps, ids)
+    now = deps.clock.now()
+    ended = {}
+    for grant_id in ids:
+        grant = current.get(grant_id)
+        if grant is None:
+            ended[grant_id] = "deleted"
+        elif grant.status is not GrantStatus.ACTIVE:
+            ended[grant_id] = str(grant.end_reason or grant.status)
+        elif now >= grant.not_after:
+            ended[grant_id] = "expired"
+    return ended, current
 
 
 def grants_ended(deps: Deps, grant_ids: Iterable[str]) -> dict[str, str]:
     """Of these grants, those that no longer allow a session, with why (``expired``,
-    ``released``, ``revoked`` …). A grant past ``not_after`` counts as ended even before the
-    worker has revoked it."""
-    now = deps.clock.now()
-    out: dict[str, str] = {}
-    with deps.store.transaction() as tx:
-        for grant_id in set(grant_ids):
-            try:
-                grant = tx.get_grant(grant_id)
-            except NotFound:
-                out[grant_id] = "deleted"
-                continue
-            if grant.status is not GrantStatus.ACTIVE:
-                out[grant_id] = str(grant.end_reason or grant.status)
-            elif now >= grant.not_after:
-                out[grant_id] = "expired"
-    return out
+    ``released``, ``revoked``, ``deleted`` …). A grant past ``not_after`` counts as ended even
+    before the worker has revoked it."""
+    return grant_states(deps, grant_ids)[0]
 
 
 def recover_interrupted(deps: Deps) -> list[Session]:
