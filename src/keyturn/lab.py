@@ -206,42 +206,63 @@ class Sshd:
         self._daemon.stop()
 
 
+#: OpenSSH client options for labs, tests and the demo: no user config, no agent, never prompt
+SSH_CLIENT_OPTIONS = (
+    "-F",
+    "/dev/null",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "IdentityAgent=none",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=5",
+    "-o",
+    "LogLevel=ERROR",
+)
+
+
+def ssh_client_args(
+    private_key: Path,
+    certificate: Path,
+    *,
+    port: int,
+    destination: str,
+    known_hosts: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """``ssh`` with exactly this key and certificate to ``destination`` (``user@host``), then
+    ``extra`` options; the host key is checked against ``known_hosts`` (None: not checked)."""
+    hosts = (
+        ("-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}")
+        if known_hosts is not None
+        else ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null")
+    )
+    return [
+        "ssh",
+        *SSH_CLIENT_OPTIONS,
+        *hosts,
+        "-i",
+        str(private_key),
+        "-o",
+        f"CertificateFile={certificate}",
+        "-p",
+        str(port),
+        *extra,
+        destination,
+    ]
+
+
 def ssh_login(
     sshd: Sshd, private_key: Path, certificate: Path, command: str = "true", timeout: float = 15
 ) -> subprocess.CompletedProcess[str]:
     """Run ``ssh`` with exactly this key and certificate against ``sshd``; never prompts."""
+    args = ssh_client_args(
+        private_key, certificate, port=sshd.port, destination=f"{sshd.login}@127.0.0.1"
+    )
     return subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(private_key),
-            "-o",
-            f"CertificateFile={certificate}",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            str(sshd.port),
-            f"{sshd.login}@127.0.0.1",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        [*args, command], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

@@ -20,27 +20,13 @@ from keyturn.adapters.providers.ssh_ca import load_or_create_ca, public_key_path
 from keyturn.bootstrap import App
 from keyturn.entrypoints.cli import cert_path_for
 from keyturn.entrypoints.gateway import GatewayThread
-from keyturn.lab import Sshd, free_port, make_user_key
+from keyturn.lab import SSH_CLIENT_OPTIONS, Sshd, free_port, make_user_key, ssh_client_args
 from keyturn.service import access
 from keyturn.service.access import RequestInput
 from tests.conftest import example_data, load
 
-SSH_OPTIONS = (
-    "-F",
-    "/dev/null",
-    "-o",
-    "IdentitiesOnly=yes",
-    "-o",
-    "IdentityAgent=none",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "StrictHostKeyChecking=yes",
-    "-o",
-    "ConnectTimeout=5",
-    "-o",
-    "LogLevel=ERROR",
-)
+#: the client options the benchmark uses too (host keys checked)
+SSH_OPTIONS = (*SSH_CLIENT_OPTIONS, "-o", "StrictHostKeyChecking=yes")
 
 
 @dataclass
@@ -86,20 +72,14 @@ class GatewayLab:
 
     def ssh_args(self, target: str, *extra: str, cert: Path | None = None) -> list[str]:
         """``ssh`` through the gateway as ``target@127.0.0.1`` with alice's key."""
-        return [
-            "ssh",
-            *SSH_OPTIONS,
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-i",
-            str(self.key),
-            "-o",
-            f"CertificateFile={cert or self.cert}",
-            "-p",
-            str(self.port),
-            *extra,
-            f"{target}@127.0.0.1",
-        ]
+        return ssh_client_args(
+            self.key,
+            cert or self.cert,
+            port=self.port,
+            destination=f"{target}@127.0.0.1",
+            known_hosts=self.known_hosts,
+            extra=extra,
+        )
 
     def ssh(
         self,

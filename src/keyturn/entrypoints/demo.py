@@ -44,6 +44,7 @@ from keyturn.lab import (
     example_directory,
     free_port,
     make_user_key,
+    ssh_client_args,
     ssh_login,
 )
 from keyturn.ports import Clock
@@ -561,25 +562,14 @@ def _gateway_session(
 ) -> float:
     """An interactive session through the gateway that is still open when the grant ends;
     returns the seconds from ``not_after`` to the moment ssh exited."""
-    args = [
-        "ssh",
-        "-tt",
-        "-F",
-        "/dev/null",
-        "-i",
-        str(key),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        "-p",
-        str(gateway_port),
-        "db-1@127.0.0.1",
-    ]
+    args = ssh_client_args(
+        key,
+        cert_path_for(key.with_name(key.name + ".pub")),
+        port=gateway_port,
+        destination="db-1@127.0.0.1",
+        known_hosts=known_hosts,
+        extra=("-tt",),
+    )
     with subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     ) as proc:
