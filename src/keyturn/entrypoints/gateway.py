@@ -846,8 +846,8 @@ class Relay:
             await process.stdin.drain()
 
     async def _log_commands(self, lines: list[str]) -> None:
-        """Audit typed lines: interactive sessions only (an exec's stdin is data, not typing)."""
-        if lines and self.session is not None and self.interactive:
+        """Audit typed lines (fed for interactive sessions only: an exec's stdin is data)."""
+        if lines and self.session is not None:
             await asyncio.to_thread(
                 sessions.session_event,
                 self.deps,
