@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the lab is started, so the client child process starts in a fraction of a second
 sys.path.insert(0, str(ROOT))
 
-from bench.provenance import git_revision  # noqa: E402
+from bench.common import git_revision  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.integration.gateway_lab import GatewayLab

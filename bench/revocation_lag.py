@@ -35,12 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import ldap
 import yaml
@@ -57,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 # tests.load and tests.pg are shared with the tests (so run from a checkout)
 sys.path.insert(0, str(REPO))
 
-from bench.provenance import git_revision  # noqa: E402
+from bench.common import git_revision, postgres  # noqa: E402
 from tests.load import (  # noqa: E402
     BIND_ENV,
     PLACEHOLDER,
@@ -74,7 +72,6 @@ from tests.load import (  # noqa: E402
 
 USERS = 100
 LEAD_S = 5  # not_after is this many seconds after creation ends (the worker starts meanwhile)
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class PinnableClock:
@@ -108,29 +105,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "max": max(values),
         "mean": round(statistics.fmean(values), 1),
     }
-
-
-@contextmanager
-def postgres(url: str | None) -> Iterator[tuple[str, str]]:
-    """A PostgreSQL URL on 127.0.0.1: the given one, or a throwaway cluster's new database."""
-    if url is not None:
-        host = urlsplit(url).hostname or ""
-        if host not in LOCAL_HOSTS:
-            raise SystemExit(f"--pg-url must point at 127.0.0.1, not {host!r}")
-        yield url, "given"
-        return
-    try:
-        from tests.pg import PgCluster
-    except ImportError as exc:
-        raise SystemExit(
-            "--store postgresql without --pg-url needs the repository's tests/pg.py "
-            f"(run from a checkout): {exc}"
-        ) from exc
-    cluster = PgCluster.start()
-    try:
-        yield cluster.new_database(), "throwaway cluster (fsync=off, synchronous_commit=off)"
-    finally:
-        cluster.stop()
 
 
 def create_grants(
