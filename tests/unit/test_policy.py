@@ -6,6 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from keyturn.config import KeyturnConfig
 from keyturn.domain.model import Outcome
 from keyturn.domain.policy import PolicyEngine, base_facts, is_eligible
@@ -111,6 +113,36 @@ def test_rule_erroring_at_evaluation_counts_as_not_matched(tmp_path: Path) -> No
     assert decision.reasons == ("nothing else matched",)
     assert decision.trace[0]["matched"] is False
     assert "evaluation error" in decision.trace[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("when", "matched", "errors"),
+    [
+        ('role.tier == "standard" && target.labels["team"] == "db"', False, True),  # true && error
+        ('target.labels["team"] == "db" && role.tier == "nope"', False, False),  # error && false
+        ('role.tier == "nope" && target.labels["team"] == "db"', False, False),  # false && error
+        ('role.tier == "standard" && request.duration > 0', True, False),
+        ('role.tier == "standard" && request.duration < 0', False, False),
+    ],
+)
+def test_a_conjunction_is_decided_as_cel_decides_it_whatever_its_clauses_did(
+    tmp_path: Path, when: str, matched: bool, errors: bool
+) -> None:
+    """The clause-by-clause explanation decides a rule without evaluating it again when no
+    clause erred; with an error among them, CEL's own && (which absorbs an error next to a
+    false) decides. Either way the outcome is the whole expression's."""
+    config = _config(tmp_path, [{"name": "r", "when": when, "effect": "auto_approve"}])
+    facts = _facts(config, "alice", "server-admin", "db-1")
+    entry = PolicyEngine(config).decide(eligible=True, facts=facts).trace[0]
+    whole = PolicyEngine(config).rules[0].program
+    try:
+        expected = whole.execute(facts)
+    except (KeyError, RuntimeError, ValueError, TypeError):
+        expected = "error"
+    assert entry["matched"] is matched
+    assert ("error" in entry) is errors
+    assert expected == ("error" if errors else matched)
+    assert len(entry["clauses"]) == 2
 
 
 def test_time_facts_use_the_policy_time_zone(tmp_path: Path) -> None:

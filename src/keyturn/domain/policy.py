@@ -374,10 +374,9 @@ def explain_rule(rule: CompiledRule, context: Any) -> dict[str, Any]:
         ``{rule, matched, why, clauses?, error?}``; ``clauses`` lists each top-level conjunct
         with its value (``true``/``false``/``error: …``/``not evaluated``).
     """
-    matched, error = _evaluate(rule.program, context)
-    entry: dict[str, Any] = {"rule": rule.config.name, "matched": matched}
     clauses: list[dict[str, Any]] = []
     first_false: str | None = None
+    clause_failed = False
     if rule.clauses:
         settled = False
         for clause in rule.clauses:
@@ -387,8 +386,17 @@ def explain_rule(rule: CompiledRule, context: Any) -> dict[str, Any]:
             value, clause_error = _evaluate(clause.program, context)
             shown = f"error: {clause_error}" if clause_error else ("true" if value else "false")
             clauses.append({"expr": clause.text, "value": shown})
+            clause_failed = clause_failed or clause_error is not None
             if not value:
                 first_false, settled = clause.text, True
+    if rule.clauses and not clause_failed:
+        # The clauses are the top-level conjuncts: with no error among those evaluated, the
+        # rule is true exactly when none was false (CEL's && needs no second evaluation).
+        matched, error = first_false is None, None
+    else:
+        matched, error = _evaluate(rule.program, context)
+    entry: dict[str, Any] = {"rule": rule.config.name, "matched": matched}
+    if rule.clauses:
         entry["clauses"] = clauses
     if error:
         entry["error"] = error
