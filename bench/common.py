@@ -173,9 +173,9 @@ def save(
         "benchmark": name,
         "smoke": smoke,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
         "goals": [g.row() for g in goals],
     } | result
+    data["machine"] = machine() | result.get("machine", {})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     print_goals(goals)

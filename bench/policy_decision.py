@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import cel
 import yaml
 
 from keyturn.config import parse_config
@@ -38,6 +36,9 @@ from keyturn.domain.policy import PolicyEngine, base_facts
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "keyturn.yaml"
+sys.path.insert(0, str(ROOT))
+
+from bench.common import goal, percentiles, rounded, save  # noqa: E402
 
 FILLERS = (
     'role.tier == "critical" && request.duration <= 900',
@@ -111,18 +112,18 @@ def _measure(policy: PolicyEngine, facts: dict[str, Any], n: int, expect: str) -
     return samples
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-    return {
-        "median_us": round(statistics.median(ordered), 1),
-        "p90_us": round(pct(0.90), 1),
-        "p99_us": round(pct(0.99), 1),
-        "max_us": round(ordered[-1], 1),
-    }
+def _floor(policy: PolicyEngine, facts: dict[str, Any], n: int) -> list[float]:
+    """The bare work of a decision: one ``cel.Context`` from the facts and each compiled rule
+    executed once (no explanation, no recorded facts, no early stop), microseconds."""
+    programs = [rule.program for rule in policy.rules]
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter_ns()
+        context = cel.Context(facts)
+        for program in programs:
+            program.execute(context)
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    return samples
 
 
 def main() -> None:
@@ -130,36 +131,58 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--rules", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/policy_decision.json")
+    parser.add_argument("--smoke", action="store_true", help="1,000 decisions")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.smoke:
+        args.decisions = 1_000
     config = _config(args.rules)
     facts = _facts(config)
     many = PolicyEngine(config)
     one = PolicyEngine(_config(1))
-    full = _summary(_measure(many, facts, args.decisions, "oncall-incident"))
-    single = _summary(_measure(one, facts, args.decisions, "oncall-incident"))
-    result = {
-        "benchmark": "policy_decision",
-        "rules": args.rules,
-        "decisions": args.decisions,
-        "all_rules": full,
-        "one_rule": single,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
+    full = rounded(
+        percentiles(_measure(many, facts, args.decisions, "oncall-incident"), (50, 90, 99))
+    )
+    single = rounded(percentiles(_measure(one, facts, args.decisions, "oncall-incident"), (50, 99)))
+    floor = rounded(percentiles(_floor(many, facts, args.decisions), (50, 99)))
     print(
         f"policy decision, {args.rules} rules evaluated and explained, facts cached "
-        f"({args.decisions} decisions): median {full['median_us']} us, p90 {full['p90_us']} us, "
-        f"p99 {full['p99_us']} us, max {full['max_us']} us"
+        f"({args.decisions} decisions), us: median {full['p50']:.1f}, p90 {full['p90']:.1f}, "
+        f"p99 {full['p99']:.1f}, max {full['max']:.1f}\n"
+        f"  one rule: median {single['p50']:.1f}, p99 {single['p99']:.1f} "
+        f"(~{(full['p50'] - single['p50']) / max(1, args.rules - 1):.2f} us per extra rule)\n"
+        f"  floor (cel.Context + {args.rules} bare executions): median {floor['p50']:.1f}, "
+        f"p99 {floor['p99']:.1f}"
     )
-    print(
-        f"one rule: median {single['median_us']} us, p99 {single['p99_us']} us "
-        f"(per extra rule ~{(full['median_us'] - single['median_us']) / max(1, args.rules - 1):.1f}"
-        " us)"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    goals = [
+        goal(
+            "6. policy decision",
+            metric=f"median decision, {args.rules} rules, facts cached",
+            unit="us",
+            target="median <= 50 us",
+            measured=full["p50"],
+            floor=floor["p50"],
+            met=full["p50"] <= 50,
+            smoke=args.smoke,
+        ),
+        goal(
+            "6. policy decision",
+            metric=f"p99 decision, {args.rules} rules, facts cached",
+            unit="us",
+            target="(reported)",
+            measured=full["p99"],
+            floor=floor["p99"],
+            met=True,
+            smoke=args.smoke,
+        ),
+    ]
+    result = {
+        "params": {"rules": args.rules, "decisions": args.decisions},
+        "all_rules_us": full,
+        "one_rule_us": single,
+        "floor_us": floor,
+    }
+    save("policy_decision", result, goals, args.out, smoke=args.smoke)
 
 
 if __name__ == "__main__":
