@@ -11,7 +11,6 @@ key path (``roles[1].max_duration``) and whose message says what was expected.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import re

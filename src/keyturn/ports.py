@@ -6,7 +6,7 @@ Each port has a real adapter (``keyturn.adapters``) and an in-memory fake
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from keyturn.config import TargetConfig
 from keyturn.domain.alerts import AlertState
-from keyturn.domain.audit import AuditDraft, AuditEvent
+from keyturn.domain.audit import AuditDraft, AuditEvent, StoredEvent
 from keyturn.domain.break_glass import KitInfo, PostIncidentReview, ReviewStatus
 from keyturn.domain.model import (
     AccessRequest,
@@ -235,6 +235,10 @@ class StoreTx(Protocol):
     def save_grant(self, grant: Grant) -> None:
         """Update an existing grant."""
 
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        """Update existing grants (one statement for a batch). Raises NotFound if one is
+        missing."""
+
     def grant_for_request(self, request_id: str) -> Grant | None:
         """The grant created from this request, if any."""
 
@@ -365,6 +369,10 @@ class StoreTx(Protocol):
     def iter_audit(self, batch: int = 5000) -> Iterator[AuditEvent]:
         """All events in sequence order, read in batches."""
 
+    def iter_audit_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+        """All events as stored (time as text, subject and details as JSON text), in sequence
+        order, streamed: what ``keyturn audit verify`` hashes."""
+
     def audit_head(self) -> tuple[int, str] | None:
         """``(seq, hash)`` of the last event as recorded in the head row."""
 
@@ -374,3 +382,8 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractContextManager[StoreTx]:
         """Commit on normal exit, roll back on exception."""
+
+    def snapshot(self) -> AbstractContextManager[StoreTx]:
+        """A read-only transaction: always rolled back, so a write in it is lost. It does not
+        take the store's write lock (SQLite: a deferred ``BEGIN``, concurrent with the writer
+        in WAL mode), so reads do not queue behind writers."""

@@ -9,16 +9,17 @@ integrations the same way.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyturn.domain.alerts import AlertState
-from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, chain
+from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, StoredEvent, chain, format_time
 from keyturn.domain.break_glass import KitInfo, PostIncidentReview, ReviewStatus
 from keyturn.domain.errors import Conflict, NotFound, ProviderError
 from keyturn.domain.model import (
@@ -79,6 +80,18 @@ class InMemoryStore:
     @contextmanager
     def transaction(self) -> Iterator[InMemoryTx]:
         """Work on a copy; publish it only on normal exit."""
+        with self._work() as (work, tx):
+            yield tx
+            self._state = work
+
+    @contextmanager
+    def snapshot(self) -> Iterator[InMemoryTx]:
+        """Work on a copy that is never published (a read-only transaction)."""
+        with self._work() as (_work, tx):
+            yield tx
+
+    @contextmanager
+    def _work(self) -> Iterator[tuple[_State, InMemoryTx]]:
         with self._lock:
             work = _State(
                 requests=dict(self._state.requests),
@@ -92,8 +105,7 @@ class InMemoryStore:
                 incident_reviews=dict(self._state.incident_reviews),
                 sessions=dict(self._state.sessions),
             )
-            yield InMemoryTx(work)
-            self._state = work
+            yield work, InMemoryTx(work)
 
     @property
     def events(self) -> list[AuditEvent]:
@@ -177,6 +189,13 @@ class InMemoryTx:
         """Update an existing grant."""
         self.get_grant(grant.id)
         self._s.grants[grant.id] = grant
+
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        """Update existing grants; NotFound (and nothing saved) if one is missing."""
+        for grant in grants:
+            self.get_grant(grant.id)
+        for grant in grants:
+            self._s.grants[grant.id] = grant
 
     def grant_for_request(self, request_id: str) -> Grant | None:
         """The grant made from this request, if any."""
@@ -466,6 +485,20 @@ class InMemoryTx:
     def iter_audit(self, batch: int = 5000) -> Iterator[AuditEvent]:
         """Every event in stored order."""
         yield from list(self._s.audit)
+
+    def iter_audit_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+        """Every event as the SQL store keeps it (JSON text as SQLAlchemy writes it)."""
+        for e in list(self._s.audit):
+            yield (
+                e.seq,
+                format_time(e.at),
+                e.actor,
+                e.action,
+                json.dumps(e.subject),
+                json.dumps(e.details),
+                e.prev_hash,
+                e.hash,
+            )
 
     def audit_head(self) -> tuple[int, str] | None:
         """The head ``(seq, hash)``."""

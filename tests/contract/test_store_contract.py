@@ -18,7 +18,16 @@ import pytest
 import sqlalchemy as sa
 
 from keyturn.adapters.store.sql import SqlStore, create_engine, migrate
-from keyturn.domain.audit import GENESIS, AuditDraft, AuditEvent, VerifyResult, verify_chain
+from keyturn.domain.audit import (
+    GENESIS,
+    AuditDraft,
+    AuditEvent,
+    VerifyResult,
+    format_time,
+    stored_event,
+    verify_chain,
+    verify_stored,
+)
 from keyturn.domain.errors import Conflict, NotFound
 from keyturn.domain.model import (
     AccessRequest,
@@ -174,6 +183,11 @@ def pg_store(pg_url: str) -> Iterator[SqlStore]:
     sql.close()
 
 
+def _snapshot_status(store: Store, grant_id: str) -> GrantStatus:
+    with store.snapshot() as tx:
+        return tx.get_grant(grant_id).status
+
+
 class _Boom(Exception):
     """Raised inside a transaction to make it roll back."""
 
@@ -199,6 +213,26 @@ class TestStoreContract:
             with pytest.raises(NotFound):
                 tx.get_grant("grt_missing")
             assert tx.grant_for_request("req_missing") is None
+
+    def test_a_snapshot_reads_committed_rows_and_loses_its_writes(self, store: Store) -> None:
+        add_grants(store, a_grant(1))
+        with store.snapshot() as tx:
+            seen = tx.get_grant("grt_0001")
+            tx.save_grant(dataclasses.replace(seen, status=GrantStatus.REVOKED))
+            tx.append_audit(a_draft(1))
+        with store.transaction() as tx:
+            assert tx.get_grant("grt_0001").status is GrantStatus.ACTIVE
+            assert tx.audit_events() == []
+
+    def test_a_snapshot_does_not_wait_for_an_open_write_transaction(self, store: Store) -> None:
+        if not isinstance(store, SqlStore):
+            pytest.skip("the in-memory store serialises everything (its own lock)")
+        add_grants(store, a_grant(1))
+        with store.transaction() as writer:
+            writer.save_grant(dataclasses.replace(a_grant(1), status=GrantStatus.REVOKING))
+            with ThreadPoolExecutor(1) as pool:
+                read = pool.submit(lambda: _snapshot_status(store, "grt_0001"))
+                assert read.result(timeout=WAIT) is GrantStatus.ACTIVE  # not yet committed
 
     def test_saved_request_keeps_new_status_and_time(self, store: Store) -> None:
         """save_request persists the status and updated_at of a transition."""
@@ -625,6 +659,21 @@ class TestStoreContract:
         assert result.ok
         assert result.count == 10
 
+    def test_iter_audit_rows_hold_the_events_as_stored(self, store: Store) -> None:
+        """iter_audit_rows streams every event undecoded (time text, JSON text); decoded they are
+        the events; verify_stored over them answers as verify_chain over iter_audit."""
+        events = append_events(store, range(1, 8))
+        with store.snapshot() as tx:
+            rows = list(tx.iter_audit_rows(batch=3))
+            head = tx.audit_head()
+            expected = verify_chain(tx.iter_audit(), head)
+            result = verify_stored(tx.iter_audit_rows(batch=2), head, batch=3)
+        assert [stored_event(r) for r in rows] == events
+        assert all(isinstance(r[4], str) and isinstance(r[5], str) for r in rows)
+        assert rows[0][1] == format_time(events[0].at)
+        assert result == expected
+        assert result.ok
+
 
 # tampering with the stored chain (SQL backends) ------------------------------------------------
 class TestSqlAuditTampering:
@@ -636,8 +685,12 @@ class TestSqlAuditTampering:
         return events
 
     def _verify(self, store: SqlStore) -> VerifyResult:
+        """verify_chain's answer, checked to be verify_stored's over the rows as stored."""
         with store.transaction() as tx:
-            return verify_chain(tx.iter_audit(batch=2), tx.audit_head())
+            result = verify_chain(tx.iter_audit(batch=2), tx.audit_head())
+        with store.snapshot() as tx:
+            assert verify_stored(tx.iter_audit_rows(batch=2), tx.audit_head(), batch=2) == result
+        return result
 
     def test_edited_details_are_named(self, sql_store: SqlStore) -> None:
         """An UPDATE of one event's details is reported at that event's seq."""

@@ -555,13 +555,17 @@ def audit_verify(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Verify the store directly (no server).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --config: processes hashing events (default: one per CPU)."),
+    ] = None,
 ) -> None:
     """Verify the hash chain; names the first bad sequence number. Exit 8 if broken."""
     c = _ctx(ctx)
     if config is not None:
         from keyturn.service import audit_log
 
-        result = audit_log.verify(_load_app(config).deps)
+        result = audit_log.verify(_load_app(config).deps, workers=workers or os.cpu_count() or 1)
         data: dict[str, Any] = {
             "ok": result.ok,
             "events": result.count,

@@ -8,8 +8,9 @@ grants, ``FOR UPDATE`` on the single audit head row so the chain stays one chain
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyturn.adapters.store import tables as t
 from keyturn.domain.alerts import AlertState
-from keyturn.domain.audit import AuditDraft, AuditEvent, chain, format_time
+from keyturn.domain.audit import AuditDraft, AuditEvent, StoredEvent, chain, format_time
 from keyturn.domain.break_glass import (
     BreakGlassMode,
     KitInfo,
@@ -69,7 +70,8 @@ def create_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get("keyturn_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
@@ -89,12 +91,36 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # SQLite has one writer and every transaction begins IMMEDIATE (takes the write lock).
+        # Threads of this process queue on a mutex instead of meeting in SQLite's busy handler,
+        # which sleeps in steps of up to 100 ms: under a burst (the worker's revocation threads,
+        # the API's request threads) that sleeping, not the work, was most of the latency.
+        # Other processes on the same file still wait in the busy handler (``timeout``).
+        self._writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
         """One transaction; commits on normal exit, rolls back on exception."""
-        with self.engine.begin() as conn:
-            yield SqlTx(conn)
+        with self._writer, self.engine.begin() as conn:
+            tx = SqlTx(conn)
+            yield tx
+            tx.flush()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqlTx]:
+        """A read-only transaction, always rolled back (SQLite: deferred ``BEGIN``, which reads
+        one snapshot in WAL mode; PostgreSQL: ``REPEATABLE READ``, so every statement of it
+        sees the same snapshot -- e.g. the audit chain head and its rows)."""
+        with self.engine.connect() as plain:
+            options: dict[str, Any] = {"keyturn_read_only": True}
+            if self.engine.dialect.name != "sqlite":
+                options["isolation_level"] = "REPEATABLE READ"
+            conn = plain.execution_options(**options)
+            with conn.begin() as tx:
+                try:
+                    yield SqlTx(conn)
+                finally:
+                    tx.rollback()
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -274,18 +300,34 @@ def _event(row: sa.Row[Any]) -> AuditEvent:
     )
 
 
+# Hot statements built once, with bound parameters: building a statement with literal values
+# per call (``.values(**row)``) made SQLAlchemy derive a new cache key each time, which was
+# most of the CPU of a burst of expiries (profile in docs/benchmarks.md).
+_SAVE_GRANT = (
+    t.grants.update()
+    .where(t.grants.c.id == sa.bindparam("grant_id"))
+    .values({c.name: sa.bindparam(c.name) for c in t.grants.c if c.name != "id"})
+)
+_APPEND_EVENT = t.audit_events.insert()
+_GET_GRANT = sa.select(t.grants).where(t.grants.c.id == sa.bindparam("grant_id"))
+_LOCK_GRANT = _GET_GRANT.with_for_update()
+
+
 class SqlTx:
     """:class:`keyturn.ports.StoreTx` on one connection inside a transaction."""
 
     def __init__(self, conn: Connection) -> None:
         self._c = conn
+        self._head: tuple[int, str] | None = None  # the chain head, once read in this tx
+        self._pending: list[dict[str, Any]] = []  # appended events not yet written (flush)
 
     # access requests -------------------------------------------------------------------------
-    def _insert(self, statement: sa.Insert, what: str) -> None:
-        """Insert in a savepoint; a unique-constraint violation becomes a Conflict."""
+    def _insert(self, statement: sa.Insert, what: str, row: dict[str, Any] | None = None) -> None:
+        """Insert in a savepoint; a unique-constraint violation becomes a Conflict. With
+        ``row``, the values are bound as parameters of a statement SQLAlchemy compiles once."""
         try:
             with self._c.begin_nested():
-                self._c.execute(statement)
+                self._c.execute(statement, row)
         except IntegrityError as exc:
             raise Conflict(f"{what} already exists") from exc
 
@@ -296,8 +338,7 @@ class SqlTx:
     def add_request(self, request: AccessRequest) -> None:
         """Insert a new access request; raises Conflict if the id exists."""
         self._insert(
-            t.access_requests.insert().values(**_request_row(request)),
-            f"access request {request.id}",
+            t.access_requests.insert(), f"access request {request.id}", _request_row(request)
         )
 
     def get_request(self, request_id: str, *, lock: bool = False) -> AccessRequest:
@@ -381,25 +422,33 @@ class SqlTx:
     # grants ----------------------------------------------------------------------------------
     def add_grant(self, grant: Grant) -> None:
         """Insert a new grant; raises Conflict if its id, request or serial exists."""
-        self._insert(
-            t.grants.insert().values(**_grant_row(grant)), f"a grant for {grant.request_id}"
-        )
+        self._insert(t.grants.insert(), f"a grant for {grant.request_id}", _grant_row(grant))
 
     def get_grant(self, grant_id: str, *, lock: bool = False) -> Grant:
         """The grant; raises NotFound."""
-        q = sa.select(t.grants).where(t.grants.c.id == grant_id)
-        row = self._c.execute(q.with_for_update() if lock else q).first()
+        row = self._c.execute(_LOCK_GRANT if lock else _GET_GRANT, {"grant_id": grant_id}).first()
         if row is None:
             raise NotFound(f"no grant {grant_id!r}", grant_id=grant_id)
         return _grant(row)
 
     def save_grant(self, grant: Grant) -> None:
         """Update an existing grant."""
-        row = _grant_row(grant)
-        del row["id"]
-        self._update(
-            t.grants.update().where(t.grants.c.id == grant.id).values(**row), f"grant {grant.id!r}"
-        )
+        self.save_grants([grant])
+
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        """Update existing grants with one multi-row statement; raises NotFound if one is
+        missing (where the driver counts rows of a multi-row update; SQLite and psycopg do)."""
+        if not grants:
+            return
+        rows = []
+        for grant in grants:
+            row = _grant_row(grant)
+            row["grant_id"] = row.pop("id")
+            rows.append(row)
+        updated = self._c.execute(_SAVE_GRANT, rows[0] if len(rows) == 1 else rows).rowcount
+        sane = len(rows) == 1 or self._c.dialect.supports_sane_multi_rowcount
+        if sane and updated != len(rows):
+            raise NotFound(f"no grant among {', '.join(repr(g.id) for g in grants[:5])}")
 
     def grant_for_request(self, request_id: str) -> Grant | None:
         """The grant made from this request, if any."""
@@ -811,33 +860,51 @@ class SqlTx:
 
     # audit -----------------------------------------------------------------------------------
     def append_audit(self, draft: AuditDraft) -> AuditEvent:
-        """Append after the head, which is locked until commit (one chain across instances)."""
-        head = self._c.execute(
-            sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
-            .where(t.audit_head.c.id == 1)
-            .with_for_update()
-        ).one()
-        seq, prev = int(head.seq) + 1, str(head.hash)
+        """Append after the head, which is locked until commit (one chain across instances).
+
+        The head row is read (and locked) at the first append of the transaction; the events
+        and the new head are written by :meth:`flush` (one multi-row insert, one update) before
+        the commit or any read of the chain in this transaction: a burst of expiries appending
+        hundreds of events in one transaction costs two statements, not three per event."""
+        if self._head is None:
+            row = self._c.execute(
+                sa.select(t.audit_head.c.seq, t.audit_head.c.hash)
+                .where(t.audit_head.c.id == 1)
+                .with_for_update()
+            ).one()
+            self._head = (int(row.seq), str(row.hash))
+        seq, prev = self._head[0] + 1, self._head[1]
         event = chain(seq, draft, prev)
-        self._c.execute(
-            t.audit_events.insert().values(
-                seq=event.seq,
-                at=format_time(event.at),
-                actor=event.actor,
-                action=event.action,
-                subject=event.subject,
-                details=event.details,
-                prev_hash=event.prev_hash,
-                hash=event.hash,
-            )
+        self._pending.append(
+            {
+                "seq": event.seq,
+                "at": format_time(event.at),
+                "actor": event.actor,
+                "action": event.action,
+                "subject": event.subject,
+                "details": event.details,
+                "prev_hash": event.prev_hash,
+                "hash": event.hash,
+            }
         )
-        self._c.execute(
-            t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=event.hash)
-        )
+        self._head = (seq, event.hash)
         return event
+
+    def flush(self) -> None:
+        """Write the events appended since the last flush and the chain head (called by
+        :meth:`SqlStore.transaction` before committing, and before the chain is read)."""
+        if not self._pending or self._head is None:
+            return
+        self._c.execute(_APPEND_EVENT, self._pending)
+        seq, digest = self._head
+        self._c.execute(
+            t.audit_head.update().where(t.audit_head.c.id == 1).values(seq=seq, hash=digest)
+        )
+        self._pending = []
 
     def audit_events(self, *, after_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
         """Events with ``seq > after_seq`` in sequence order."""
+        self.flush()
         q = (
             sa.select(t.audit_events)
             .where(t.audit_events.c.seq > after_seq)
@@ -857,8 +924,36 @@ class SqlTx:
                 return
             after = page[-1].seq
 
+    def iter_audit_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+        """Every event as stored, in sequence order, from one query streamed ``batch`` rows at a
+        time: JSON as text, nothing decoded."""
+        self.flush()
+        e = t.audit_events.c
+        q = sa.select(
+            e.seq,
+            e.at,
+            e.actor,
+            e.action,
+            sa.cast(e.subject, sa.Text),
+            sa.cast(e.details, sa.Text),
+            e.prev_hash,
+            e.hash,
+        ).order_by(e.seq)
+        # The driver's own cursor: plain tuples, no row object per event (PostgreSQL: named, so
+        # server-side); closed if the caller stops early.
+        dbapi: Any = self._c.connection.dbapi_connection  # open: we are in a transaction
+        postgres = self._c.dialect.name == "postgresql"
+        cursor = dbapi.cursor(name="keyturn_audit_rows") if postgres else dbapi.cursor()
+        try:
+            cursor.execute(str(q.compile(dialect=self._c.dialect)))
+            while rows := cursor.fetchmany(batch):
+                yield from rows
+        finally:
+            cursor.close()
+
     def audit_head(self) -> tuple[int, str] | None:
         """The head row's ``(seq, hash)``; None while the chain is empty."""
+        self.flush()
         row = self._c.execute(
             sa.select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
         ).first()
