@@ -15,10 +15,13 @@ last of them ends; ending one never cuts the others (the AWS TEAM #279 bug).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import structlog
 import tenacity
@@ -34,7 +37,7 @@ from keyturn.service.deps import Deps
 from keyturn.service.facts import decide
 
 SYSTEM_WORKER = "system:worker"
-CLAIM_PER_THREAD = 16
+CLAIM_PER_THREAD = 64
 """Grants an instance claims ahead per revocation thread (see :func:`_room`)."""
 log = structlog.get_logger("keyturn.grants")
 
@@ -196,7 +199,7 @@ def _sharing(deps: Deps, grant: Grant) -> list[Grant]:
     """The user's other live grants holding the same shared privilege."""
     if grant.privilege is None:
         return []
-    with deps.store.transaction() as tx:
+    with deps.store.snapshot() as tx:
         return _others_holding(tx, grant)
 
 
@@ -350,20 +353,23 @@ def _end(
             raise Forbidden("you can only release your own grants", grant_id=grant_id)
         if grant.status is not GrantStatus.ACTIVE:
             raise Conflict(f"grant {grant_id} is {grant.status}, not active", grant_id=grant_id)
-        revoking = _mark_revoking(tx, grant, reason, actor_id, now)
+        [revoking] = _mark_revoking(tx, [grant], reason, actor_id, now)
     return finish_revoke(deps, revoking)
 
 
 def _mark_revoking(
-    tx: StoreTx, grant: Grant, reason: EndReason, actor_id: str, now: datetime
-) -> Grant:
-    revoking = grant.transition(
-        GrantStatus.REVOKING, now, end_reason=reason, ended_by=actor_id, ended_at=now
-    )
-    tx.save_grant(revoking)
-    tx.append_audit(
-        AuditDraft(now, actor_id, "grant.revoking", subject(grant), {"reason": str(reason)})
-    )
+    tx: StoreTx, grants: list[Grant], reason: EndReason, actor_id: str, now: datetime
+) -> list[Grant]:
+    """Write ``revoking`` (the write-ahead state) and its audit event for each grant."""
+    revoking = [
+        g.transition(GrantStatus.REVOKING, now, end_reason=reason, ended_by=actor_id, ended_at=now)
+        for g in grants
+    ]
+    tx.save_grants(revoking)
+    for grant in grants:
+        tx.append_audit(
+            AuditDraft(now, actor_id, "grant.revoking", subject(grant), {"reason": str(reason)})
+        )
     return revoking
 
 
@@ -394,59 +400,186 @@ def finish_revoke(deps: Deps, grant: Grant) -> Grant:
         The grant as committed: ``revoked`` when the provider reads back that the privilege is
         gone (or kept for an overlapping grant), else ``revoke_failed`` with the error, an
         audit event, and a ``retry_at`` for the worker.
+
+    Raises:
+        Conflict: the row moved on or was taken over by another instance meanwhile.
+    """
+    done = commit_attempts(deps, [attempt_revoke(deps, grant)])
+    if not done:
+        raise Conflict(f"grant {grant.id} was finished by someone else", grant_id=grant.id)
+    return done[0]
+
+
+@dataclass(frozen=True)
+class RevokeAttempt:
+    """What the provider said for one grant, not yet committed (see :func:`commit_attempts`).
+
+    Attributes:
+        grant: the grant as claimed (``revoking`` or ``revoke_failed``).
+        at: when the provider was called.
+        details: the ``grant.<end_reason>`` audit details when the privilege is gone (verified,
+            or kept for an overlapping grant); None when the call failed.
+        error: the provider's error when it failed.
+    """
+
+    grant: Grant
+    at: datetime
+    details: dict[str, object] | None = None
+    error: ProviderError | None = None
+
+
+def attempt_revoke(deps: Deps, grant: Grant) -> RevokeAttempt:
+    """Revoke on the provider and read back (no store writes: see :func:`commit_attempts`).
+
+    Raises:
+        Conflict: the row moved on or was leased by someone else since it was claimed.
     """
     provider = deps.provider(grant.provider)
     sharing = _start_revoke(deps, grant)
-    if sharing:
-        return _commit_revoked(deps, grant, {"kept_for": [g.id for g in sharing]})
     now = deps.clock.now()
+    if sharing:
+        return RevokeAttempt(grant, now, details={"kept_for": [g.id for g in sharing]})
     deps.metrics.revocations_attempted.labels(grant.provider).inc()
     try:
         already_gone = provider.revoke(grant, now)
         if not provider.verify_revoked(grant, now):
             raise ProviderError("the privilege is still present after revoking", retryable=True)
     except ProviderError as exc:
-        return _revoke_failed(deps, grant, exc, now)
-    done = _commit_revoked(deps, grant, {"verified": True, "already_gone": already_gone})
+        return RevokeAttempt(grant, now, error=exc)
+    return RevokeAttempt(grant, now, details={"verified": True, "already_gone": already_gone})
+
+
+def commit_attempts(deps: Deps, attempts: list[RevokeAttempt]) -> list[Grant]:
+    """Commit the outcome of each attempt -- ``revoked`` or ``revoke_failed``, with its audit
+    event -- in ONE transaction (a group commit: a burst of expiries costs one store commit per
+    pass, not one per grant), then do what follows a commit (metrics, notifications, alerts,
+    restoring an overlapping grant's privilege).
+
+    A grant that moved on meanwhile (another instance finished it) is left out; nothing of it
+    is written.
+
+    Returns:
+        The grants as committed, in the order of ``attempts``.
+    """
+    if not attempts:
+        return []
+    committed: list[tuple[RevokeAttempt, Grant]] = []
+    drafts: list[AuditDraft] = []
+    now = deps.clock.now()
+    with deps.store.transaction() as tx:
+        for attempt in attempts:
+            try:
+                current = tx.get_grant(attempt.grant.id, lock=True)
+                if attempt.error is None:
+                    done, events = _revoked(current, attempt, now)
+                else:
+                    done, events = _revoke_failed(deps, current, attempt, now)
+            except Conflict:
+                continue  # finished by another instance or the API; nothing left to do
+            committed.append((attempt, done))
+            drafts += events
+        tx.save_grants([done for _attempt, done in committed])
+        for draft in drafts:
+            tx.append_audit(draft)
+    for attempt, done in committed:
+        _after_commit(deps, attempt, done)
+    return [done for _attempt, done in committed]
+
+
+def _revoked(
+    current: Grant, attempt: RevokeAttempt, now: datetime
+) -> tuple[Grant, list[AuditDraft]]:
+    """The grant ``revoked`` and its ``grant.<end_reason>`` event (to be written)."""
+    done = current.transition(
+        GrantStatus.REVOKED,
+        now,
+        last_error=None,
+        retry_at=None,
+        attempts=attempt.grant.attempts + 1,
+    )
+    action = f"grant.{done.end_reason or EndReason.REVOKED}"
+    details = dict(attempt.details or {}) | {"serial": _serial(done)}
+    if done.end_reason is EndReason.EXPIRED:
+        details["lag_ms"] = _ms(now - done.not_after)
+    actor = done.ended_by or SYSTEM_WORKER
+    return done, [AuditDraft(now, actor, action, subject(done), details)]
+
+
+def _revoke_failed(
+    deps: Deps, current: Grant, attempt: RevokeAttempt, now: datetime
+) -> tuple[Grant, list[AuditDraft]]:
+    """The grant ``revoke_failed`` with its retry time, and its events (the first failure
+    raises an alert event too)."""
+    server = deps.config.server
+    grant, exc = attempt.grant, attempt.error
+    assert exc is not None  # noqa: S101 -- only failed attempts come here
+    first = grant.status is not GrantStatus.REVOKE_FAILED
+    tries = grant.attempts + 1
+    retry_at = attempt.at + retry_delay(tries, server.retry_initial, server.retry_max)
+    failed = current.transition(
+        GrantStatus.REVOKE_FAILED, now, last_error=exc.message, attempts=tries, retry_at=retry_at
+    )
+    details = _failure_details(failed)
+    events = [AuditDraft(now, SYSTEM_WORKER, "grant.revoke_failed", subject(grant), details)]
+    if first:
+        events.append(
+            AuditDraft(now, SYSTEM_WORKER, "alert.revoke_failed", subject(grant), details)
+        )
+    return failed, events
+
+
+def _failure_details(failed: Grant) -> dict[str, object]:
+    return {
+        "error": failed.last_error,
+        "attempt": failed.attempts,
+        "retry_at": format_time(failed.retry_at) if failed.retry_at else None,
+    }
+
+
+def _after_commit(deps: Deps, attempt: RevokeAttempt, done: Grant) -> None:
+    grant = attempt.grant
+    if done.status is GrantStatus.REVOKE_FAILED:
+        deps.metrics.revocations_failed.labels(grant.provider).inc()
+        if grant.status is not GrantStatus.REVOKE_FAILED:  # the first failure alerts
+            deps.metrics.revoke_failed_alerts.labels(grant.provider).inc()
+            deps.notifier.alert(
+                "revoke_failed",
+                f"revocation of grant {grant.id} ({grant.role} on {grant.target} for "
+                f"{grant.user_id}) failed; retrying",
+                {k: str(v) for k, v in (subject(grant) | _failure_details(done)).items()},
+            )
+        return
+    notifications.grant_ended(deps, done)
+    if attempt.details is None or "kept_for" in attempt.details:
+        return
     deps.metrics.revocations_succeeded.labels(grant.provider).inc()
     if done.end_reason is EndReason.EXPIRED:
         lag = (done.updated_at - done.not_after).total_seconds()
         deps.metrics.revocation_lag.labels(grant.provider).observe(max(0.0, lag))
-    _restore_overlapping(deps, provider, done)
-    return done
+    _restore_overlapping(deps, deps.provider(grant.provider), done)
 
 
 def _start_revoke(deps: Deps, grant: Grant) -> list[Grant]:
     """Check this caller still holds the grant's lease (the row is as claimed: another instance
     may have taken over a row that waited too long), and return the user's other live grants
-    sharing its privilege.
+    sharing its privilege. A read-only snapshot: it does not queue behind writers.
+
+    A grant claimed less than half of ``server.stale_after`` ago needs no read to know its
+    lease holds: no instance takes over a ``revoking`` row before ``stale_after`` has passed
+    since its claim (:func:`resume_unfinished`), and the API acts only on ``active`` grants.
+    Only a shared privilege then needs the read (who else holds it).
 
     Raises:
         Conflict: the row moved on or was leased by someone else since it was claimed.
     """
-    with deps.store.transaction() as tx:
+    fresh = deps.clock.now() - grant.updated_at < deps.config.server.stale_after / 2
+    if fresh and grant.privilege is None:
+        return []
+    with deps.store.snapshot() as tx:
         current = tx.get_grant(grant.id)
         if current.status is not grant.status or current.updated_at != grant.updated_at:
             raise Conflict(f"grant {grant.id} was taken over", grant_id=grant.id)
         return _others_holding(tx, grant)
-
-
-def _commit_revoked(deps: Deps, grant: Grant, details: dict[str, object]) -> Grant:
-    now = deps.clock.now()
-    with deps.store.transaction() as tx:
-        done = tx.get_grant(grant.id, lock=True).transition(
-            GrantStatus.REVOKED, now, last_error=None, retry_at=None, attempts=grant.attempts + 1
-        )
-        tx.save_grant(done)
-        action = f"grant.{done.end_reason or EndReason.REVOKED}"
-        details = details | {"serial": _serial(done)}
-        if done.end_reason is EndReason.EXPIRED:
-            details["lag_ms"] = _ms(now - done.not_after)
-        tx.append_audit(
-            AuditDraft(now, done.ended_by or SYSTEM_WORKER, action, subject(done), details)
-        )
-    notifications.grant_ended(deps, done)
-    return done
 
 
 def warn_expiring(deps: Deps, *, limit: int = 500) -> list[Grant]:
@@ -466,40 +599,6 @@ def warn_expiring(deps: Deps, *, limit: int = 500) -> list[Grant]:
     for grant in told:
         notifications.grant_expiring(deps, grant)
     return told
-
-
-def _revoke_failed(deps: Deps, grant: Grant, exc: ProviderError, now: datetime) -> Grant:
-    server = deps.config.server
-    first = grant.status is not GrantStatus.REVOKE_FAILED
-    attempts = grant.attempts + 1
-    retry_at = now + retry_delay(attempts, server.retry_initial, server.retry_max)
-    with deps.store.transaction() as tx:
-        failed = tx.get_grant(grant.id, lock=True).transition(
-            GrantStatus.REVOKE_FAILED,
-            now,
-            last_error=exc.message,
-            attempts=attempts,
-            retry_at=retry_at,
-        )
-        tx.save_grant(failed)
-        details = {"error": exc.message, "attempt": attempts, "retry_at": format_time(retry_at)}
-        tx.append_audit(
-            AuditDraft(now, SYSTEM_WORKER, "grant.revoke_failed", subject(grant), details)
-        )
-        if first:
-            tx.append_audit(
-                AuditDraft(now, SYSTEM_WORKER, "alert.revoke_failed", subject(grant), details)
-            )
-    deps.metrics.revocations_failed.labels(grant.provider).inc()
-    if first:
-        deps.metrics.revoke_failed_alerts.labels(grant.provider).inc()
-        deps.notifier.alert(
-            "revoke_failed",
-            f"revocation of grant {grant.id} ({grant.role} on {grant.target} for "
-            f"{grant.user_id}) failed; retrying",
-            {k: str(v) for k, v in (subject(grant) | details).items()},
-        )
-    return failed
 
 
 def _restore_overlapping(deps: Deps, provider: Provider, ended: Grant) -> None:
@@ -537,11 +636,9 @@ def expire_due(deps: Deps, *, limit: int = 500) -> list[Grant]:
     if limit == 0:
         return []
     with deps.store.transaction() as tx:
-        claimed = [
-            _mark_revoking(tx, g, EndReason.EXPIRED, SYSTEM_WORKER, now)
-            for g in tx.claim_due_grants(now, limit)
-        ]
-    return _each(deps, claimed, lambda g: finish_revoke(deps, g))
+        due = tx.claim_due_grants(now, limit)
+        claimed = _mark_revoking(tx, due, EndReason.EXPIRED, SYSTEM_WORKER, now)
+    return _revoke_all(deps, claimed)
 
 
 def _room(deps: Deps) -> int:
@@ -587,7 +684,72 @@ def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> li
     return [g for g in results if g is not None]
 
 
-def _step_done(deps: Deps, grant_id: str, future: Future[Grant | None]) -> None:
+def _revoke_all(deps: Deps, grants: list[Grant]) -> list[Grant]:
+    """Revoke claimed grants: the provider calls run concurrently on ``deps.executor`` (a
+    hanging call holds up only its own grant), and the pass waits at most
+    ``server.worker_max_sleep`` for them, as :func:`_each` does. Every outcome that is in by
+    then is committed in one transaction (:func:`commit_attempts`); a straggler commits its
+    own when its call returns. Each grant stays in ``deps.in_flight`` until its outcome is
+    committed, so :func:`resume_unfinished` never takes it for an interrupted one.
+
+    Returns:
+        The grants committed within this pass.
+    """
+    if deps.executor is None:
+        return commit_attempts(deps, [a for g in grants if (a := _attempt(deps, g)) is not None])
+    handoff = _Handoff(deps)
+    futures = []
+    for grant in grants:
+        deps.in_flight.add(grant.id)
+        future = deps.executor.submit(_attempt, deps, grant)
+        future.add_done_callback(partial(handoff.arrived, grant.id))
+        futures.append(future)
+    wait(futures, timeout=deps.config.server.worker_max_sleep.total_seconds())
+    ready = handoff.close()
+    try:
+        return commit_attempts(deps, ready)
+    finally:
+        for attempt in ready:
+            deps.in_flight.discard(attempt.grant.id)
+
+
+def _attempt(deps: Deps, grant: Grant) -> RevokeAttempt | None:
+    try:
+        return attempt_revoke(deps, grant)
+    except Conflict:
+        return None  # another worker or the API moved this grant on; nothing left to do
+
+
+class _Handoff:
+    """Collects the attempts of one pass until the pass commits them (:meth:`close`); an
+    attempt that arrives later is committed on its own, in the thread that made it."""
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+        self._lock = threading.Lock()
+        self._ready: list[RevokeAttempt] = []
+        self._closed = False
+
+    def close(self) -> list[RevokeAttempt]:
+        with self._lock:
+            self._closed = True
+            return self._ready
+
+    def arrived(self, grant_id: str, future: Future[RevokeAttempt | None]) -> None:
+        attempt = None if future.cancelled() or future.exception() else future.result()
+        with self._lock:
+            if attempt is not None and not self._closed:
+                self._ready.append(attempt)
+                return
+        try:
+            if attempt is not None:
+                for grant in commit_attempts(self._deps, [attempt]):
+                    log.info("grant", grant_id=grant.id, status=str(grant.status), late=True)
+        finally:
+            _step_done(self._deps, grant_id, future)
+
+
+def _step_done(deps: Deps, grant_id: str, future: Future[Any]) -> None:
     """Log how a background step ended (a crash leaves the row for resume_unfinished)."""
     deps.in_flight.discard(grant_id)
     if future.cancelled():
@@ -597,7 +759,7 @@ def _step_done(deps: Deps, grant_id: str, future: Future[Grant | None]) -> None:
             "grant step crashed; the row is resumed later", grant_id=grant_id, error=repr(exc)[:300]
         )
         return
-    if (grant := future.result()) is not None:
+    if isinstance(grant := future.result(), Grant):
         log.info("grant", grant_id=grant.id, status=str(grant.status), user=grant.user_id)
 
 
