@@ -683,3 +683,29 @@ def test_stale_provisioning_row_is_leased_while_being_finished(
     [done] = grants.resume_unfinished(deps)
     assert seen == [[]]
     assert (done.id, done.status) == (grant.id, GrantStatus.ACTIVE)
+
+
+def test_registering_the_store_gauges_reads_nothing_and_a_scrape_takes_no_write_lock() -> None:
+    """Registering the collector must not count the grants (it would, at every start, over the
+    whole table); a scrape reads through a snapshot, never holding the store's write lock."""
+    from keyturn.service.metrics import Metrics
+    from keyturn.testing import InMemoryStore
+
+    class Watched(InMemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opened: list[str] = []
+
+        def transaction(self) -> Any:
+            self.opened.append("transaction")
+            return super().transaction()
+
+        def snapshot(self) -> Any:
+            self.opened.append("snapshot")
+            return super().snapshot()
+
+    store, metrics = Watched(), Metrics()
+    metrics.count_grants_in(store)
+    assert store.opened == []
+    assert b'keyturn_grants{state="active"} 0.0' in metrics.exposition()
+    assert store.opened == ["snapshot"]

@@ -31,36 +31,47 @@ class _GrantStates(Collector):
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("keyturn_grants", "Grants by state.", labels=["state"]),
+            GaugeMetricFamily(
+                "keyturn_break_glass_kit_spent",
+                "1 while the offline break-glass kit in force has been used and awaits rotation.",
+            ),
+            GaugeMetricFamily(
+                "keyturn_break_glass_kit_ready",
+                "1 when an unused offline break-glass kit is in force.",
+            ),
+            GaugeMetricFamily(
+                "keyturn_post_incident_reviews_open",
+                "Open post-incident reviews of break-glass uses (overdue: its alert went out).",
+                labels=["overdue"],
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families without values: registering the collector then reads nothing (with
+        ``auto_describe`` the registry would otherwise call :meth:`collect`, counting every
+        grant in the store at start)."""
+        yield from self._families()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("keyturn_grants", "Grants by state.", labels=["state"])
-        with self._store.transaction() as tx:  # one read for every store-backed gauge
+        grants, spent, ready, reviews = self._families()
+        # One read-only snapshot for every store-backed gauge: a scrape never holds the write
+        # lock (counting a million grants took ~0.2 s).
+        with self._store.snapshot() as tx:
             counts = tx.grant_counts()
             kits = [k for k in tx.kits() if k.retired_at is None]
             open_reviews = tx.post_incident_reviews(status=ReviewStatus.OPEN)
         for state in GrantStatus:
-            family.add_metric([str(state)], counts.get(state, 0))
-        yield family
-        spent = GaugeMetricFamily(
-            "keyturn_break_glass_kit_spent",
-            "1 while the offline break-glass kit in force has been used and awaits rotation.",
-        )
+            grants.add_metric([str(state)], counts.get(state, 0))
         spent.add_metric([], 1 if any(k.spent_at is not None for k in kits) else 0)
-        yield spent
-        ready = GaugeMetricFamily(
-            "keyturn_break_glass_kit_ready",
-            "1 when an unused offline break-glass kit is in force.",
-        )
         ready.add_metric([], 1 if any(k.spent_at is None for k in kits) else 0)
-        yield ready
-        reviews = GaugeMetricFamily(
-            "keyturn_post_incident_reviews_open",
-            "Open post-incident reviews of break-glass uses (overdue: its alert went out).",
-            labels=["overdue"],
-        )
         overdue = sum(1 for r in open_reviews if r.overdue_alerted_at is not None)
         reviews.add_metric(["true"], overdue)
         reviews.add_metric(["false"], len(open_reviews) - overdue)
-        yield reviews
+        yield from (grants, spent, ready, reviews)
 
 
 class Metrics:

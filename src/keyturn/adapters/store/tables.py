@@ -98,6 +98,7 @@ grants = sa.Table(
     sa.Column("warned_at", UTCDateTime),
     sa.Column("break_glass", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_grants_status_not_after", "status", "not_after"),
+    sa.Index("ix_grants_created", "created_at", "id"),
     sa.Index("ix_grants_privilege", "provider", "privilege", "user_id", "status"),
 )
 
