@@ -3,7 +3,8 @@
 :func:`keyturn.domain.policy.base_facts` gives the facts that need no source; this module fills
 in ``requester.on_call``/``on_call_schedules`` (from the on-call schedules), ``target.alerting``/
 ``target.alerts`` (from the alerts stored by the webhooks) and ``history`` (from the store).
-It opens its own read transaction: call it outside any other.
+It reads in its own read-only snapshot (which does not queue behind the store's writers): call
+it outside any transaction.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def gather(
     )
     schedules = deps.oncall.on_call(user.id, target) if deps.oncall is not None else ()
     since = now - HISTORY_WINDOW
-    with deps.store.transaction() as tx:
+    with deps.store.snapshot() as tx:
         stored = tx.alerts(target=target.name, firing_only=True)
         requests_7d = tx.count_requests(user.id, role.name, since)
         grants = tx.grants_since(since, user_id=user.id, role=role.name)
