@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMPS := .make-stamps
 
-.PHONY: demo test lint format bench sysdeps-build sysdeps-demo sysdeps-test venv clean
+.PHONY: demo test lint format bench bench-smoke sysdeps-build sysdeps-demo sysdeps-test venv clean
 
 demo: sysdeps-demo venv
 	$(BIN)/keyturn demo
@@ -21,10 +21,20 @@ format: venv
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# The benchmark suite (docs/benchmarks.md): every script measures its floor in the same run and
+# saves JSON under bench/results/. `make bench` takes about 8 minutes on 2 CPUs; `make
+# bench-smoke` runs each one smoke-sized (CI, so the benchmarks never rot) in well under a minute.
+BENCHES := time_to_access ldap_access revocation_scale revocation_lag restart policy_decision \
+           audit_verify gateway
+
 bench: sysdeps-test venv
-	$(BIN)/python bench/policy_decision.py
-	$(BIN)/python bench/revocation_lag.py
-	$(BIN)/python bench/gateway.py
+	@set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
+	$(BIN)/python bench/report.py
+
+bench-smoke: sysdeps-test venv
+	@set -e; for b in $(BENCHES); do echo "== bench/$$b.py --smoke"; \
+	  $(BIN)/python bench/$$b.py --smoke; done
+	$(BIN)/python bench/report.py --smoke --check
 
 sysdeps-build:
 	@scripts/system-deps.sh build
