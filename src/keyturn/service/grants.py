@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from keyturn.service.facts import decide
 
 SYSTEM_WORKER = "system:worker"
 CLAIM_PER_THREAD = 64
+WAVE = 0.05
+"""Seconds: how often a pass commits the revocation outcomes that came in (see _revoke_all)."""
 """Grants an instance claims ahead per revocation thread (see :func:`_room`)."""
 log = structlog.get_logger("keyturn.grants")
 
@@ -449,14 +452,21 @@ def attempt_revoke(deps: Deps, grant: Grant) -> RevokeAttempt:
     return RevokeAttempt(grant, now, details={"verified": True, "already_gone": already_gone})
 
 
-def commit_attempts(deps: Deps, attempts: list[RevokeAttempt]) -> list[Grant]:
+def commit_attempts(
+    deps: Deps, attempts: list[RevokeAttempt], *, background: bool = False
+) -> list[Grant]:
     """Commit the outcome of each attempt -- ``revoked`` or ``revoke_failed``, with its audit
     event -- in ONE transaction (a group commit: a burst of expiries costs one store commit per
     pass, not one per grant), then do what follows a commit (metrics, notifications, alerts,
     restoring an overlapping grant's privilege).
 
-    A grant that moved on meanwhile (another instance finished it) is left out; nothing of it
-    is written.
+    A grant that moved on meanwhile (another instance took it over or finished it: its row is
+    no longer as claimed) is left out; nothing of it is written.
+
+    Args:
+        background: do what follows each commit on ``deps.executor`` (the worker's pass must not
+            wait for a notification or for restoring an overlapping grant's privilege, a
+            provider call that may hang); each one's failure is logged.
 
     Returns:
         The grants as committed, in the order of ``attempts``.
@@ -470,6 +480,11 @@ def commit_attempts(deps: Deps, attempts: list[RevokeAttempt]) -> list[Grant]:
         for attempt in attempts:
             try:
                 current = tx.get_grant(attempt.grant.id, lock=True)
+                if (current.status, current.updated_at) != (
+                    attempt.grant.status,
+                    attempt.grant.updated_at,
+                ):
+                    continue  # taken over (or finished) by someone else meanwhile
                 if attempt.error is None:
                     done, events = _revoked(current, attempt, now)
                 else:
@@ -482,8 +497,22 @@ def commit_attempts(deps: Deps, attempts: list[RevokeAttempt]) -> list[Grant]:
         for draft in drafts:
             tx.append_audit(draft)
     for attempt, done in committed:
-        _after_commit(deps, attempt, done)
+        if background and deps.executor is not None:
+            future = deps.executor.submit(_after_commit, deps, attempt, done)
+            future.add_done_callback(partial(_after_commit_done, done.id))
+        else:
+            _after_commit(deps, attempt, done)
     return [done for _attempt, done in committed]
+
+
+def _after_commit_done(grant_id: str, future: Future[None]) -> None:
+    """Log a failure of what follows a commit (it ran on a revocation thread)."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error(
+            "after revoking: notification, metrics or restoring an overlapping grant failed",
+            grant_id=grant_id,
+            error=repr(exc)[:300],
+        )
 
 
 def _revoked(
@@ -564,16 +593,17 @@ def _start_revoke(deps: Deps, grant: Grant) -> list[Grant]:
     may have taken over a row that waited too long), and return the user's other live grants
     sharing its privilege. A read-only snapshot: it does not queue behind writers.
 
-    A grant claimed less than half of ``server.stale_after`` ago needs no read to know its
-    lease holds: no instance takes over a ``revoking`` row before ``stale_after`` has passed
-    since its claim (:func:`resume_unfinished`), and the API acts only on ``active`` grants.
-    Only a shared privilege then needs the read (who else holds it).
+    A ``revoking`` grant claimed less than half of ``server.stale_after`` ago needs no read to
+    know its lease holds: no instance takes over a ``revoking`` row before ``stale_after`` has
+    passed since its claim (:func:`resume_unfinished`), and the API acts only on ``active``
+    grants. (A ``revoke_failed`` row is claimable again as soon as its ``retry_at`` has come,
+    so it is always read.) Only a shared privilege then needs the read (who else holds it).
 
     Raises:
         Conflict: the row moved on or was leased by someone else since it was claimed.
     """
     fresh = deps.clock.now() - grant.updated_at < deps.config.server.stale_after / 2
-    if fresh and grant.privilege is None:
+    if fresh and grant.status is GrantStatus.REVOKING and grant.privilege is None:
         return []
     with deps.store.snapshot() as tx:
         current = tx.get_grant(grant.id)
@@ -687,10 +717,12 @@ def _each(deps: Deps, grants: list[Grant], step: Callable[[Grant], Grant]) -> li
 def _revoke_all(deps: Deps, grants: list[Grant]) -> list[Grant]:
     """Revoke claimed grants: the provider calls run concurrently on ``deps.executor`` (a
     hanging call holds up only its own grant), and the pass waits at most
-    ``server.worker_max_sleep`` for them, as :func:`_each` does. Every outcome that is in by
-    then is committed in one transaction (:func:`commit_attempts`); a straggler commits its
-    own when its call returns. Each grant stays in ``deps.in_flight`` until its outcome is
-    committed, so :func:`resume_unfinished` never takes it for an interrupted one.
+    ``server.worker_max_sleep`` for them, as :func:`_each` does. Outcomes are committed in
+    waves: every :data:`WAVE` seconds, all that came in since the last wave in one transaction
+    (:func:`commit_attempts`), so a burst costs a few commits and a slow call delays the others
+    by at most one wave; a straggler past the pass commits its own when its call returns.
+    Each grant stays in ``deps.in_flight`` until its outcome is committed, so
+    :func:`resume_unfinished` never takes it for an interrupted one.
 
     Returns:
         The grants committed within this pass.
@@ -698,19 +730,27 @@ def _revoke_all(deps: Deps, grants: list[Grant]) -> list[Grant]:
     if deps.executor is None:
         return commit_attempts(deps, [a for g in grants if (a := _attempt(deps, g)) is not None])
     handoff = _Handoff(deps)
-    futures = []
+    pending = set()
     for grant in grants:
         deps.in_flight.add(grant.id)
         future = deps.executor.submit(_attempt, deps, grant)
         future.add_done_callback(partial(handoff.arrived, grant.id))
-        futures.append(future)
-    wait(futures, timeout=deps.config.server.worker_max_sleep.total_seconds())
-    ready = handoff.close()
-    try:
-        return commit_attempts(deps, ready)
-    finally:
-        for attempt in ready:
-            deps.in_flight.discard(attempt.grant.id)
+        pending.add(future)
+    deadline = time.monotonic() + deps.config.server.worker_max_sleep.total_seconds()
+    committed: list[Grant] = []
+    while True:
+        left = deadline - time.monotonic()
+        if pending and left > 0:
+            _done, pending = wait(pending, timeout=min(WAVE, left))
+        final = not pending or time.monotonic() >= deadline
+        ready = handoff.close() if final else handoff.take()
+        try:
+            committed += commit_attempts(deps, ready, background=True)
+        finally:
+            for attempt in ready:
+                deps.in_flight.discard(attempt.grant.id)
+        if final:
+            return committed
 
 
 def _attempt(deps: Deps, grant: Grant) -> RevokeAttempt | None:
@@ -730,10 +770,18 @@ class _Handoff:
         self._ready: list[RevokeAttempt] = []
         self._closed = False
 
+    def take(self) -> list[RevokeAttempt]:
+        """The attempts in so far (the pass commits them; later ones are collected anew)."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+            return ready
+
     def close(self) -> list[RevokeAttempt]:
+        """The last attempts of the pass; any later one commits itself."""
         with self._lock:
             self._closed = True
-            return self._ready
+            ready, self._ready = self._ready, []
+            return ready
 
     def arrived(self, grant_id: str, future: Future[RevokeAttempt | None]) -> None:
         attempt = None if future.cancelled() or future.exception() else future.result()
