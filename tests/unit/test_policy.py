@@ -10,7 +10,7 @@ import pytest
 
 from keyturn.config import KeyturnConfig
 from keyturn.domain.model import Outcome
-from keyturn.domain.policy import PolicyEngine, base_facts, is_eligible
+from keyturn.domain.policy import PolicyEngine, base_facts, is_eligible, split_conjunction
 from keyturn.testing import FakeClock
 from tests.conftest import example_data, load
 
@@ -143,6 +143,19 @@ def test_a_conjunction_is_decided_as_cel_decides_it_whatever_its_clauses_did(
     assert ("error" in entry) is errors
     assert expected == ("error" if errors else matched)
     assert len(entry["clauses"]) == 2
+
+
+def test_a_comment_never_hides_a_top_level_or_from_the_explanation(tmp_path: Path) -> None:
+    """An apostrophe in a ``//`` comment must not open a fake string that hides the ``||``
+    after it: the rule is decided as CEL decides it (here: matched, through the second arm)."""
+    when = "requester.on_call && target.alerting // it's burning\n|| requester.id == 'alice'"
+    config = _config(tmp_path, [{"name": "r", "when": when, "effect": "auto_approve"}])
+    facts = _facts(config, "alice", "server-admin", "db-1")
+    assert PolicyEngine(config).rules[0].program.execute(facts) is True
+    decision = PolicyEngine(config).decide(eligible=True, facts=facts)
+    assert decision.trace[0]["matched"] is True
+    assert decision.outcome is Outcome.AUTO_APPROVE
+    assert split_conjunction(when) == [when]
 
 
 def test_time_facts_use_the_policy_time_zone(tmp_path: Path) -> None:

@@ -128,8 +128,9 @@ def compile_rules(rules: tuple[RuleConfig, ...]) -> tuple[CompiledRule, ...]:
 def split_conjunction(expression: str) -> list[str]:
     """Split a CEL expression at its top-level ``&&`` operators (outside brackets and string
     literals, cel-spec ``doc/langdef.md`` "Syntax"). ``a && (b || c)`` → ``["a", "(b || c)"]``.
-    An expression with no top-level ``&&``, or with a top-level ``||`` or ``?:`` (which bind
-    looser than ``&&``), is returned whole."""
+    An expression with no top-level ``&&``, with a top-level ``||`` or ``?:`` (which bind
+    looser than ``&&``), or with a ``//`` comment (whose text, an apostrophe say, would throw
+    the scan off) is returned whole."""
     parts, depth, start, i, quote = [], 0, 0, 0, ""
     while i < len(expression):
         char = expression[i]
@@ -141,6 +142,8 @@ def split_conjunction(expression: str) -> list[str]:
                 i += len(quote)
                 quote = ""
                 continue
+        elif expression.startswith("//", i):
+            return [expression.strip()]  # a comment: its text could hide anything; no split
         elif char in "\"'":
             quote = char * 3 if expression.startswith(char * 3, i) else char
             i += len(quote)
