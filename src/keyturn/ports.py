@@ -6,7 +6,7 @@ Each port has a real adapter (``keyturn.adapters``) and an in-memory fake
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -369,7 +369,7 @@ class StoreTx(Protocol):
     def iter_audit(self, batch: int = 5000) -> Iterator[AuditEvent]:
         """All events in sequence order, read in batches."""
 
-    def iter_audit_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+    def iter_audit_rows(self, batch: int = 5000) -> Generator[StoredEvent, None, None]:
         """All events as stored (time as text, subject and details as JSON text), in sequence
         order, streamed: what ``keyturn audit verify`` hashes."""
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -486,7 +486,7 @@ class InMemoryTx:
         """Every event in stored order."""
         yield from list(self._s.audit)
 
-    def iter_audit_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+    def iter_audit_rows(self, batch: int = 5000) -> Generator[StoredEvent, None, None]:
         """Every event as the SQL store keeps it (JSON text as SQLAlchemy writes it)."""
         for e in list(self._s.audit):
             yield (

@@ -270,7 +270,7 @@ def stored_event_intact(row: StoredEvent) -> bool:
         pass
     try:
         return event_hash(stored_event(row)) == row[7]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return False  # unreadable, or outside RFC 8785's domain: never what was appended
 
 

@@ -8,6 +8,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
 from typing import cast
 
 from keyturn.config import UserConfig
@@ -47,9 +48,12 @@ def verify(deps: Deps, *, workers: int = 1) -> VerifyResult:
                 ended.append(row)
             yield row
 
-    with deps.store.snapshot() as tx:  # reads only: writers go on meanwhile
+    # Reads only: writers go on meanwhile. The row cursor is closed inside the snapshot even
+    # when the check stops early (a changed event), never after its connection went back to
+    # the pool (a PostgreSQL server-side cursor closed later would hit another request).
+    with deps.store.snapshot() as tx, closing(tx.iter_audit_rows()) as stored:
         head = tx.audit_head()
-        rows = watch(tx.iter_audit_rows())
+        rows = watch(stored)
         if workers > 1 and head is not None and head[0] >= PARALLEL_FROM:
             chain = verify_stored(rows, head, batch=_BATCH, check=_in_processes(workers))
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -924,7 +924,7 @@ class SqlTx:
                 return
             after = page[-1].seq
 
-    def iter_audit_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+    def iter_audit_rows(self, batch: int = 5000) -> Generator[StoredEvent, None, None]:
         """Every event as stored, in sequence order, from one query streamed ``batch`` rows at a
         time: JSON as text, nothing decoded."""
         self.flush()
