@@ -156,7 +156,7 @@ def main() -> None:
     )
     goals = [
         goal(
-            "6. policy decision",
+            "6",
             metric=f"median decision, {args.rules} rules, facts cached",
             unit="us",
             target="median <= 50 us",
@@ -166,7 +166,7 @@ def main() -> None:
             smoke=args.smoke,
         ),
         goal(
-            "6. policy decision",
+            "6",
             metric=f"p99 decision, {args.rules} rules, facts cached",
             unit="us",
             target="(reported)",

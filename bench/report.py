@@ -63,6 +63,8 @@ def table(results: list[dict[str, Any]]) -> str:
     for result in results:
         for g in result["goals"]:
             verdict = {True: "met", False: "**missed**", None: "smoke"}[g["met"]]
+            if g["goal"].startswith("("):
+                verdict = "-"  # a figure reported beside a goal, not a goal
             unit = g["unit"]
             lines.append(
                 f"| {g['item']} | {g['metric']} | {g['goal']} | {_fmt(g['floor'])} {unit} | "

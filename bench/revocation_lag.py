@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     lag, floor = result["lag_ms"], result["floor_lag_ms"]
     goals = [
         goal(
-            "4. revocation lag, real slapd",
+            "4",
             metric=f"lag p99, {args.grants} grants due at once (slapd, {args.store})",
             unit="ms",
             target="p99 <= 2000 ms",

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     goals = [
         goal(
-            "4. revocation lag at scale",
+            "4",
             metric=f"lag p99, {args.due} due of {args.active} active (fake)",
             unit="ms",
             target="p99 <= 1000 ms",
