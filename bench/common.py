@@ -205,3 +205,14 @@ def postgres(url: str | None) -> Iterator[tuple[str, str]]:
         yield cluster.new_database(), "throwaway cluster (fsync=off, synchronous_commit=off)"
     finally:
         cluster.stop()
+
+
+@contextmanager
+def store_url(kind: str, workdir: Path, pg_url: str | None) -> Iterator[tuple[str, str]]:
+    """``(url, note)`` of the store a benchmark runs on: a SQLite file in ``workdir``, or a
+    PostgreSQL database (``pg_url``, or a throwaway cluster's: :func:`postgres`)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'keyturn.db'}", f"file under {workdir.parent}"
+        return
+    with postgres(pg_url) as found:
+        yield found

@@ -61,7 +61,7 @@ from keyturn.service import access, audit_log
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import goal, percentiles, postgres, rounded, save  # noqa: E402
+from bench.common import goal, percentiles, rounded, save, store_url  # noqa: E402
 from tests.load import BIND_ENV, PLACEHOLDER, TARGET, config_data, role, seed, uid  # noqa: E402
 
 NAME = "ldap_access"
@@ -394,12 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="keyturn-bench-ldap-"))
     try:
-        if args.store == "sqlite":
-            url = f"sqlite:///{workdir / 'keyturn.db'}"
-            result = run(args, workdir, url, f"file under {tempfile.gettempdir()}")
-        else:
-            with postgres(args.pg_url) as (url, note):
-                result = run(args, workdir, url, note)
+        with store_url(args.store, workdir, args.pg_url) as (url, note):
+            result = run(args, workdir, url, note)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(result)

@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 # tests.load and tests.pg are shared with the tests (so run from a checkout)
 sys.path.insert(0, str(REPO))
 
-from bench.common import git_revision, goal, postgres, save  # noqa: E402
+from bench.common import git_revision, goal, save, store_url  # noqa: E402
 from tests.load import (  # noqa: E402
     BIND_ENV,
     PLACEHOLDER,
@@ -408,12 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(logging.WARNING)  # worker errors still show; per-grant lines do not
     workdir = Path(tempfile.mkdtemp(prefix="keyturn-bench-"))
     try:
-        if args.store == "sqlite":
-            url = f"sqlite:///{workdir / 'keyturn.db'}"
-            result = run(args, workdir, url, f"file under {tempfile.gettempdir()}")
-        else:
-            with postgres(args.pg_url) as (url, note):
-                result = run(args, workdir, url, note)
+        with store_url(args.store, workdir, args.pg_url) as (url, note):
+            result = run(args, workdir, url, note)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(result)

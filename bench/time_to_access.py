@@ -83,7 +83,7 @@ from keyturn.lab import free_port
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import Goal, goal, percentiles, postgres, rounded, save  # noqa: E402
+from bench.common import Goal, goal, percentiles, rounded, save, store_url  # noqa: E402
 
 NAME = "time_to_access"
 KEYTURN = str(Path(sys.executable).parent / "keyturn")
@@ -649,12 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         workdir = Path(tempfile.mkdtemp(prefix=f"keyturn-bench-tta-{kind}-"))
         try:
-            if kind == "sqlite":
-                url = f"sqlite:///{workdir / 'keyturn.db'}"
-                stores.append(run_store(kind, url, f"file under {workdir.parent}", workdir, args))
-            else:
-                with postgres(args.pg_url) as (url, note):
-                    stores.append(run_store(kind, url, note, workdir, args))
+            with store_url(kind, workdir, args.pg_url) as (url, note):
+                stores.append(run_store(kind, url, note, workdir, args))
         finally:
             if args.keep:
                 print(f"kept {workdir}")
