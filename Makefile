@@ -22,8 +22,8 @@ format: venv
 	$(BIN)/ruff check --fix src tests bench
 
 # The benchmark suite (docs/benchmarks.md): every script measures its floor in the same run and
-# saves JSON under bench/results/. `make bench` takes about 8 minutes on 2 CPUs; `make
-# bench-smoke` runs each one smoke-sized (CI, so the benchmarks never rot) in well under a minute.
+# saves JSON under bench/results/. `make bench` takes 5–8 minutes on 2 CPUs; `make
+# bench-smoke` runs each one smoke-sized (CI, so the benchmarks never rot) in 1–2 minutes.
 BENCHES := time_to_access ldap_access revocation_scale revocation_lag restart policy_decision \
            audit_verify gateway
 
