@@ -143,7 +143,9 @@ def print_goals(goals: Sequence[Goal]) -> None:
     for g in goals:
         floor = "-" if g.floor is None else f"{g.floor:g}"
         ratio = "-" if g.ratio is None else f"{g.ratio:g}"
-        verdict = {True: "met", False: "MISSED", None: "(smoke)"}[g.met]
+        verdict = {True: "met", False: "MISSED", None: "smoke"}[g.met]
+        if g.goal.startswith("("):
+            verdict = "-"  # a figure reported beside a goal, not a goal
         print(
             f"  {g.metric:<48} {g.measured:>10g} {g.unit:<2}{floor:>9} {ratio:>7}  "
             f"{g.goal} [{verdict}]"
