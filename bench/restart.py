@@ -80,11 +80,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import goal, rounded, save  # noqa: E402
+from tests.load import BIND_ENV, ldap_section  # noqa: E402
 
 NAME = "restart"
 KEYTURN = str(Path(sys.executable).parent / "keyturn")
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
-BIND_ENV = "KEYTURN_LDAP_PASSWORD"
 PASSWORD = secrets.token_urlsafe(18)  # slapd's service account, both directories
 PLACEHOLDER = "svc-backup"
 GROUPS = 10
@@ -170,20 +170,7 @@ def config_data(workdir: Path, server: Slapd, db: Path, users: int, port: int) -
         "server": {"host": "127.0.0.1", "port": port},
         "store": {"url": f"sqlite:///{db}"},
         "ssh_ca": {"key_path": str(workdir / "ca" / "user_ca")},
-        "ldap": {
-            "url": server.url,
-            "bind_dn": server.service_dn,
-            "bind_password_env": BIND_ENV,
-            "users": {
-                "base": server.people_base,
-                "attribute": "uid",
-                "object_class": "inetOrgPerson",
-            },
-            "groups": [
-                {"dn": dn, "member_attribute": "member", "mode": "report", "allow": [placeholder]}
-                for dn in groups
-            ],
-        },
+        "ldap": ldap_section(server, groups, placeholder),
         "users": [{"id": uid(i), "name": f"User {i}", "groups": ["sre"]} for i in range(users)],
         "targets": [
             *({"name": f"host-{h:02d}", "labels": {"env": "prod"}} for h in range(HOSTS)),
@@ -861,35 +848,22 @@ def main(argv: list[str] | None = None) -> int:
             met=sl["ready"] <= 5,
             smoke=args.smoke,
         ),
-        goal(
-            "5",
-            metric="restart: keyturn worker VmRSS after first pass",
-            unit="MB",
-            target="<= 300 MB (MiB)",
-            measured=wl["VmRSS"],
-            floor=we["VmRSS"],
-            met=wl["VmRSS"] <= 300,
-            smoke=args.smoke,
-        ),
-        goal(
-            "5",
-            metric="restart: keyturn worker VmHWM (peak)",
-            unit="MB",
-            target="<= 300 MB (MiB)",
-            measured=wl["VmHWM"],
-            floor=we["VmHWM"],
-            met=wl["VmHWM"] <= 300,
-            smoke=args.smoke,
-        ),
-        goal(
-            "5",
-            metric="restart: keyturn serve VmHWM (API + worker)",
-            unit="MB",
-            target="<= 300 MB (MiB)",
-            measured=sl["VmHWM"],
-            floor=se["VmHWM"],
-            met=sl["VmHWM"] <= 300,
-            smoke=args.smoke,
+        *(
+            goal(
+                "5",
+                metric=f"restart: keyturn {what}",
+                unit="MB",
+                target="<= 300 MB (MiB)",
+                measured=loaded[key],
+                floor=empty[key],
+                met=loaded[key] <= 300,
+                smoke=args.smoke,
+            )
+            for what, key, loaded, empty in (
+                ("worker VmRSS after first pass", "VmRSS", wl, we),
+                ("worker VmHWM (peak)", "VmHWM", wl, we),
+                ("serve VmHWM (API + worker)", "VmHWM", sl, se),
+            )
         ),
     ]
     save(NAME, result, goals, args.out, smoke=args.smoke)

@@ -64,20 +64,7 @@ def config_data(
         "server": {"worker_max_sleep": "PT0.2S", "reconcile_interval": "PT1H"} | (settings or {}),
         "store": {"url": store_url},
         "ssh_ca": {"key_path": str(workdir / "ca" / "user_ca")},
-        "ldap": {
-            "url": server.url,
-            "bind_dn": server.service_dn,
-            "bind_password_env": BIND_ENV,
-            "users": {
-                "base": server.people_base,
-                "attribute": "uid",
-                "object_class": "inetOrgPerson",
-            },
-            "groups": [
-                {"dn": dn, "member_attribute": "member", "mode": "report", "allow": [placeholder]}
-                for dn in groups
-            ],
-        },
+        "ldap": ldap_section(server, groups, placeholder),
         "users": [{"id": uid(i), "name": f"User {i}", "groups": ["sre"]} for i in range(users)],
         "targets": [{"name": TARGET, "labels": {"kind": "directory"}}],
         "roles": [
@@ -100,6 +87,25 @@ def config_data(
                 }
             ]
         },
+    }
+
+
+def ldap_section(server: Slapd, groups: list[str], placeholder: str) -> dict[str, Any]:
+    """The ``ldap`` configuration for the lab slapd: Keyturn's service account, people by
+    ``uid``, each group managed in ``report`` mode with ``placeholder`` allowlisted."""
+    return {
+        "url": server.url,
+        "bind_dn": server.service_dn,
+        "bind_password_env": BIND_ENV,
+        "users": {
+            "base": server.people_base,
+            "attribute": "uid",
+            "object_class": "inetOrgPerson",
+        },
+        "groups": [
+            {"dn": dn, "member_attribute": "member", "mode": "report", "allow": [placeholder]}
+            for dn in groups
+        ],
     }
 
 
